@@ -1,0 +1,43 @@
+"""Turning `device=auto|cpu|N|cuda:N` into a torch.device, once, with errors that explain."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import UserError
+
+
+class DeviceError(UserError):
+    pass
+
+
+def resolve_device(spec) -> torch.device:
+    """auto: the first visible GPU, else the CPU. An explicit GPU that is not there is an error,
+    never a silent fall-back to the CPU (a study that should take days on a GPU would quietly
+    take years)."""
+    text = str(spec).strip().lower() if spec is not None else "auto"
+    if text in ("auto", ""):
+        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    index = text[len("cuda:"):] if text.startswith("cuda:") else text
+    if text == "cuda":
+        index = "0"
+    if not index.isdigit():
+        raise DeviceError(f"device={spec!r} is not understood: use auto, cpu, a GPU index "
+                          f"like 0, or cuda:0")
+    index = int(index)
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    mask_note = (f" (CUDA_VISIBLE_DEVICES={mask!r} masks the machine's GPUs: inside a job given "
+                 f"one GPU, that GPU is device=0)" if mask is not None else "")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device={spec!r} asks for GPU {index}, but this process sees no GPU "
+                          f"(torch {torch.__version__}, CUDA available: False){mask_note}. "
+                          f"Use device=cpu or device=auto.")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"device={spec!r} asks for GPU {index}, but this process sees "
+                          f"{count} GPU(s): valid are 0..{count - 1}{mask_note}")
+    return torch.device(f"cuda:{index}")
