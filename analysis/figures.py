@@ -1,0 +1,197 @@
+"""Figures of a study at paper size: one column 3.5 in or two columns 7 in wide, fonts 8 pt.
+
+Figures are built with matplotlib's object API (``Figure``, no pyplot): nothing global is
+switched, nothing is left open, and saving picks the Agg / PDF canvas from the file type.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+
+import matplotlib as mpl
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from .load import SERIES_ORDER, model_name
+from .tables import variants
+
+ONE_COLUMN, TWO_COLUMN = 3.5, 7.0  # inches
+PAPER_RC = {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 8,
+    "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 9,
+    "lines.linewidth": 1.2, "axes.grid": True, "grid.alpha": 0.3,
+    "pdf.fonttype": 42,  # TrueType in PDFs: text stays text when pasted into a paper
+    "savefig.dpi": 300,
+}
+STYLES = ["-", "--", ":", "-."]
+
+
+def _paper(build: Callable) -> Callable:
+    """Run a figure builder under PAPER_RC (font sizes are read when artists are made)."""
+
+    @wraps(build)
+    def wrapper(*args, **kwargs):
+        with mpl.rc_context(PAPER_RC):
+            return build(*args, **kwargs)
+
+    return wrapper
+
+
+def series_colour(series: str) -> str:
+    """One colour per series, stable across figures (Baseline C0, LIFT DP-Total C1, ...)."""
+    if series in SERIES_ORDER:
+        return f"C{SERIES_ORDER.index(series)}"
+    return f"C{len(SERIES_ORDER) + sum(map(ord, series)) % (10 - len(SERIES_ORDER))}"
+
+
+def model_colour(model: str) -> str:
+    """A model's colour in training figures: that of its main series."""
+    return series_colour({"baseline": "Baseline", "lift": "LIFT DP-Total"}.get(model, model))
+
+
+def _band(ax, x, mean, std, colour: str, style: str, label: str | None = None) -> None:
+    """Mean line with a ±std band (no band where std is undefined: one seed)."""
+    ax.plot(x, mean, style, color=colour, label=label)
+    std = std.fillna(0.0)
+    ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+
+
+def _fid_curve(ax, rows: pd.DataFrame, colour: str, style: str) -> None:
+    """Seed-mean FID by epoch; hollow markers where the EMA was mostly initial weights; a
+    star on the best (lowest seed-mean) epoch."""
+    if rows.empty:
+        return
+    x, y, low = rows["epoch"], rows["mean"], rows["share_low"].astype(bool)
+    _band(ax, x, y, rows["std"], colour, style)
+    ax.scatter(x[~low], y[~low], s=10, color=colour, zorder=3)
+    ax.scatter(x[low], y[low], s=16, facecolors="white", edgecolors=colour, linewidths=1,
+               zorder=4)
+    best = rows.loc[y.idxmin()]
+    ax.scatter([best["epoch"]], [best["mean"]], marker="*", s=80, color=colour,
+               edgecolors="black", linewidths=0.6, zorder=5)
+
+
+def _fid_legend(series: Sequence[str], summary: pd.DataFrame) -> list:
+    handles = [Line2D([], [], color=series_colour(s), label=s) for s in series]
+    handles += [Line2D([], [], color="black", ls="-", label="raw weights"),
+                Line2D([], [], color="black", ls="--", label="EMA weights"),
+                Line2D([], [], color="grey", marker="*", ms=9, ls="", mec="black",
+                       label="best epoch")]
+    if (summary["n"] > 1).any():
+        handles.append(Patch(color="grey", alpha=0.3, label="± std over seeds"))
+    if summary["share_low"].any():
+        handles.append(Line2D([], [], color="grey", marker="o", mfc="white", ls="",
+                              label="EMA mostly initial weights"))
+    return handles
+
+
+@_paper
+def fid_figure(summary: pd.DataFrame, title: str) -> Figure:
+    """FID vs epoch of one protocol: one panel per averaged weight set (EMA decay), each with
+    every series' raw curve (solid) and that weight set's curve (dashed)."""
+    panels = variants(summary) or [None]
+    ncols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(ONE_COLUMN if ncols == 1 else TWO_COLUMN, 2.3 * nrows + 1.0),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    series = list(summary["series"].drop_duplicates())
+    for ax, variant in zip(axes, panels, strict=False):
+        for name in series:
+            rows = summary[summary["series"] == name]
+            _fid_curve(ax, rows[rows["variant"] == "raw"], series_colour(name), "-")
+            if variant is not None:
+                _fid_curve(ax, rows[rows["variant"] == variant], series_colour(name), "--")
+        ax.set_title(variant or "raw weights (no EMA rows)")
+        ax.set_xlabel("epoch")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("FID (lower is better)")
+    fig.suptitle(textwrap.fill(title, 70 if ncols > 1 else 45))
+    fig.legend(handles=_fid_legend(series, summary), loc="outside lower center",
+               ncol=3 if ncols == 1 else 4, frameon=False)
+    return fig
+
+
+@_paper
+def training_figure(metrics: pd.DataFrame) -> Figure | None:
+    """Training loss vs epoch per model (LIFT also loss_64 dashed, loss_32 dotted); mean
+    and ±std over seeds. None when no run logged a loss."""
+    if metrics.empty or "loss" not in metrics:
+        return None
+    # Runs differing only in EMA decay trained the same network: count each seed once.
+    train = metrics.drop_duplicates(["model", "seed", "dataset", "image_size", "epoch"])
+    several = train[["dataset", "image_size"]].drop_duplicates().shape[0] > 1
+    fig = Figure(figsize=(ONE_COLUMN, 2.6), layout="constrained")
+    ax = fig.add_subplot()
+    for (model, dataset, size), part in train.groupby(["model", "dataset", "image_size"]):
+        for column, style in [("loss", "-"), ("loss_64", "--"), ("loss_32", ":")]:
+            if column not in part or part[column].isna().all():
+                continue
+            stats = part.groupby("epoch")[column].agg(["mean", "std"])
+            label = f"{model_name(model)} {column}" + (f" ({dataset} {size}px)" if several else "")
+            _band(ax, stats.index, stats["mean"], stats["std"], model_colour(model), style,
+                  label)
+    if (train["loss"].dropna() > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (MSE)")
+    ax.set_title("Training loss (mean ± std over seeds)")
+    ax.legend(frameon=False)
+    return fig
+
+
+@_paper
+def ema_figure(ema: pd.DataFrame) -> Figure | None:
+    """EMA diagnostics vs optimizer step (``load.ema_diagnostics`` frame): how far the EMA is
+    from the raw weights, and its post-init share 1 - decay^steps with the 0.5 line below
+    which the EMA is still mostly its initial weights. None without diagnostics."""
+    if ema.empty:
+        return None
+    quantities = set(ema["quantity"])
+    delta = next((q for q in ("ema_rel_rms_delta", "ema_rms_delta", "ema_mean_abs_delta")
+                  if q in quantities), None)
+    fig = Figure(figsize=(TWO_COLUMN, 2.6), layout="constrained")
+    ax_delta, ax_share = fig.subplots(1, 2)
+    decays = sorted(ema["decay"].unique(), reverse=True)
+    several = ema[["dataset", "image_size"]].drop_duplicates().shape[0] > 1
+    for (model, decay, dataset, size), part in ema.groupby(
+        ["model", "decay", "dataset", "image_size"]
+    ):
+        label = f"{model_name(model)} EMA {decay:.10g}" + (f" ({dataset} {size}px)"
+                                                           if several else "")
+        style = STYLES[decays.index(decay) % len(STYLES)]
+        for ax, quantity in [(ax_delta, delta), (ax_share, "ema_share")]:
+            stats = part[part["quantity"] == quantity].groupby("step")["value"]
+            stats = stats.agg(["mean", "std"])
+            if not stats.empty:
+                _band(ax, stats.index, stats["mean"], stats["std"], model_colour(model), style,
+                      label)
+    if delta is not None:
+        ax_delta.set_yscale("log")
+        ax_delta.set_ylabel(delta.removeprefix("ema_").replace("_", " "))
+    ax_delta.set_title("Raw vs EMA weights")
+    ax_share.axhline(0.5, color="grey", ls=":", lw=1, label="0.5: half initial weights")
+    ax_share.set_ylim(0, 1.02)
+    ax_share.set_ylabel("post-init share 1 - decay^steps")
+    ax_share.set_title("EMA share of trained weights")
+    for ax in (ax_delta, ax_share):
+        ax.set_xlabel("optimizer step")
+    ax_share.legend(frameon=False, loc="lower right")
+    return fig
+
+
+@_paper
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
+    """Save ``fig`` as ``<stem>.<format>`` for each format; returns the paths."""
+    paths = [stem.parent / f"{stem.name}.{fmt}" for fmt in formats]
+    for path in paths:
+        fig.savefig(path)
+    return paths

@@ -1,0 +1,293 @@
+"""Load a study's run folders into tidy pandas frames (load -> tidy frame -> plot).
+
+Result-file contract, one folder per run (found anywhere below a study folder by its
+``run.json``):
+
+- ``run.json``: run, model, seed, ema_decay (primary), ema_decays, dataset, image_size,
+  epochs, steps_per_epoch, batch_size.
+- ``metrics.csv``: training, one row per epoch (loss, loss_64/loss_32 for LIFT, ``ema_*``
+  diagnostics, ``ema_*@<decay>`` for extra tracked decays).
+- ``eval/fid.csv``: one row per (epoch, weights, path); weights ``raw``, ``ema`` (the run's
+  primary decay), ``ema@<decay>``, ``phema@<sigma_rel>``.
+
+Every eval row gets derived columns: ``series`` ("Baseline", "LIFT DP-Total", ...), ``kind``
+(raw / ema / phema), ``decay`` (the decay of that weight set; NaN for raw and phema),
+``weights_id`` (a canonical weight-set name, equal for ``ema`` and ``ema@d`` of the same d),
+``variant`` (the label used in tables: "raw", "EMA 0.9999", "post-hoc EMA σrel 0.1") and
+``protocol`` (dataset, image size, number of images, sampling steps, extractor).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.csv"
+FID_FILE = "eval/fid.csv"
+
+# (model, sampling path) -> label; the order here is the order of rows, columns and colours.
+SERIES = {
+    ("baseline", "ddim"): "Baseline",
+    ("lift", "dp_total"): "LIFT DP-Total",
+    ("lift", "diagonal"): "LIFT diagonal",
+    ("lift", "dp_64"): "LIFT DP-64",
+}
+SERIES_ORDER = list(SERIES.values())
+MODEL_NAMES = {"baseline": "Baseline", "lift": "LIFT"}
+
+# FID numbers made under different values of these are never compared (STUDY.md, FID protocol).
+PROTOCOL_KEYS = ["dataset", "image_size", "num_images", "num_steps", "extractor"]
+# Two eval rows with equal values here measured the same network with the same weight set.
+NETWORK_KEYS = ["model", "seed", "protocol", "epoch", "path", "weights_id"]
+RUN_KEYS = ["run", "model", "seed", "ema_decay", "dataset", "image_size"]
+FID_COLUMNS = [
+    "run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step", "weights",
+    "path", "num_steps", "num_images", "extractor", "fid", "ema_share", "ema_share_low", "seconds",
+]
+# Run-level columns of the metrics frame that start with "ema_" but are not diagnostics.
+_NOT_EMA_DIAGNOSTICS = {"ema_decay", "ema_decays"}
+
+
+class NoRunsFoundError(FileNotFoundError):
+    """No run folder (one holding run.json) below the folders the user named."""
+
+
+@dataclass
+class Study:
+    """Every run of a study as frames: ``runs`` (one row per run), ``fid`` (one row per eval
+    row, as written, plus derived columns) and ``metrics`` (training, one row per run and
+    epoch, plus the run's identity columns)."""
+
+    runs: pd.DataFrame
+    fid: pd.DataFrame
+    metrics: pd.DataFrame
+
+
+def fmt_num(x: float) -> str:
+    """Shortest faithful text of a decay or sigma (0.9999, not 0.9999000001 nor 1)."""
+    return f"{x:.10g}"
+
+
+def model_name(model: str) -> str:
+    """Display name of a model ("baseline" -> "Baseline")."""
+    return MODEL_NAMES.get(model, str(model).capitalize())
+
+
+def series_label(model: str, path: str) -> str:
+    """Label of a (model, sampling path) curve, e.g. ("lift", "dp_total") -> "LIFT DP-Total"."""
+    if (model, path) in SERIES:
+        return SERIES[(model, path)]
+    return f"{model_name(model)} {path}".strip()
+
+
+def series_rank(label: str) -> tuple[int, str]:
+    """Sort key: the study's series first, in SERIES order, unknown ones after by name."""
+    return (SERIES_ORDER.index(label), "") if label in SERIES_ORDER else (len(SERIES), label)
+
+
+def parse_weights(weights: str, run_decay: float) -> tuple[str, float, str, str]:
+    """Parse a ``weights`` cell into (kind, decay, weights_id, variant).
+
+    ``ema`` means the run's primary decay, so ``ema`` of a 0.999 run and ``ema@0.999`` of a
+    0.9999 run get the same weights_id and variant: they are the same average.
+    """
+    name, _, arg = str(weights).partition("@")
+    try:
+        value = float(arg) if arg else math.nan
+    except ValueError:
+        return "other", math.nan, str(weights), str(weights)
+    if name == "raw" and not arg:
+        return "raw", math.nan, "raw", "raw"
+    if name == "ema":
+        decay = value if arg else run_decay
+        if pd.isna(decay):  # an EMA row of a run that names no decay: keep it, unlabelled
+            return "ema", math.nan, "ema", "EMA"
+        return "ema", float(decay), f"ema@{fmt_num(decay)}", f"EMA {fmt_num(decay)}"
+    if name == "phema" and arg:
+        return "phema", math.nan, f"phema@{fmt_num(value)}", f"post-hoc EMA σrel {fmt_num(value)}"
+    return "other", math.nan, str(weights), str(weights)
+
+
+def protocol_label(row: pd.Series) -> str:
+    """Human-readable protocol, e.g. "afhqv2 64px · 15803 images · 18 steps · inception-v3"."""
+
+    def text(key: str) -> str:
+        value = row[key]
+        if pd.isna(value):
+            return "?"
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    return (
+        f"{text('dataset')} {text('image_size')}px · {text('num_images')} images · "
+        f"{text('num_steps')} steps · {text('extractor')}"
+    )
+
+
+def training_group(info: dict) -> str:
+    """Label of the runs that differ only in seed (the protocol is added per eval row)."""
+    decay = info.get("ema_decay")
+    ema = "no EMA" if decay is None or pd.isna(decay) else f"EMA {fmt_num(decay)}"
+    return f"{model_name(info['model'])}, {ema}, {info['dataset']} {info['image_size']}px"
+
+
+def find_run_dirs(roots: Iterable[str | Path]) -> list[Path]:
+    """Run folders at or below each root (a folder holding run.json), sorted, without repeats."""
+    found: set[Path] = set()
+    for root in map(Path, roots):
+        if (root / RUN_FILE).is_file():
+            found.add(root.resolve())
+        found.update(p.parent.resolve() for p in root.rglob(RUN_FILE))
+    return sorted(found)
+
+
+def _read_run_info(run_dir: Path) -> dict:
+    info = json.loads((run_dir / RUN_FILE).read_text())
+    info.setdefault("run", run_dir.name)
+    info.setdefault("ema_decays", [])
+    info["ema_decay"] = math.nan if info.get("ema_decay") is None else float(info["ema_decay"])
+    info["dir"] = str(run_dir)
+    info["group"] = training_group(info)
+    return info
+
+
+def _as_bool(values: pd.Series) -> pd.Series:
+    """Booleans written as True/False, 1/0 or yes/no; NaN where empty or unreadable."""
+    words = {"true": True, "1": True, "1.0": True, "yes": True,
+             "false": False, "0": False, "0.0": False, "no": False}
+    return values.map(lambda v: math.nan if pd.isna(v) else words.get(str(v).strip().lower()))
+
+
+def _read_fid(run_dir: Path, info: dict) -> pd.DataFrame | None:
+    path = run_dir / FID_FILE
+    if not path.is_file():
+        return None
+    fid = pd.read_csv(path)
+    if fid.empty:
+        return None
+    for column in FID_COLUMNS:
+        if column not in fid:
+            fid[column] = math.nan
+    # The folder says whose rows these are; run.json is the authority on identity.
+    for key in RUN_KEYS + ["group"]:
+        fid[key] = info[key]
+    for column in ["epoch", "step", "num_steps", "num_images", "fid", "ema_share", "seconds"]:
+        fid[column] = pd.to_numeric(fid[column], errors="coerce")
+    fid["path"] = fid["path"].fillna("").astype(str)
+    # A missing flag is derived from the share (the contract's threshold: half initial weights).
+    low = _as_bool(fid["ema_share_low"])
+    fid["ema_share_low"] = low.where(low.notna(), fid["ema_share"] < 0.5).astype(bool)
+    return fid
+
+
+def _derive(fid: pd.DataFrame) -> pd.DataFrame:
+    """Add series, kind, decay, weights_id, variant and protocol columns."""
+    parsed = [parse_weights(w, d) for w, d in zip(fid["weights"], fid["ema_decay"], strict=True)]
+    kind, decay, weights_id, variant = zip(*parsed, strict=True) if parsed else ([],) * 4
+    return fid.assign(
+        series=[series_label(m, p) for m, p in zip(fid["model"], fid["path"], strict=True)],
+        kind=list(kind),
+        decay=pd.Series(decay, index=fid.index, dtype=float),
+        weights_id=list(weights_id),
+        variant=list(variant),
+        protocol=fid.apply(protocol_label, axis=1) if len(fid) else [],
+    )
+
+
+def _read_metrics(run_dir: Path, info: dict) -> pd.DataFrame | None:
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    metrics = pd.read_csv(path)
+    if metrics.empty:
+        return None
+    for key in RUN_KEYS + ["group"]:
+        metrics[key] = info[key]
+    return metrics
+
+
+def load_study(
+    study_dir: str | Path | None = None, runs: Iterable[str | Path] | None = None
+) -> Study:
+    """Load every run below ``study_dir`` and/or the folders in ``runs``.
+
+    Raises NoRunsFoundError naming the folders when no run.json is found: that is the one
+    case with nothing at all to report. Runs without eval or metrics are kept (the report
+    lists them as missing).
+    """
+    roots = ([study_dir] if study_dir is not None else []) + list(runs or [])
+    if not roots:
+        raise NoRunsFoundError("no folder given: pass study_dir=... or runs=[...]")
+    run_dirs = find_run_dirs(roots)
+    if not run_dirs:
+        named = ", ".join(str(Path(r)) for r in roots)
+        raise NoRunsFoundError(f"no run folders (holding {RUN_FILE}) found in: {named}")
+
+    infos, fids, metrics = [], [], []
+    for run_dir in run_dirs:
+        info = _read_run_info(run_dir)
+        fid, train = _read_fid(run_dir, info), _read_metrics(run_dir, info)
+        info["eval_rows"] = 0 if fid is None else len(fid)
+        info["has_metrics"] = train is not None
+        infos.append(info)
+        fids += [] if fid is None else [fid]
+        metrics += [] if train is None else [train]
+
+    fid_frame = pd.concat(fids, ignore_index=True) if fids else pd.DataFrame(columns=FID_COLUMNS)
+    return Study(
+        runs=pd.DataFrame(infos),
+        fid=_derive(fid_frame),
+        metrics=pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(),
+    )
+
+
+def dedupe_networks(fid: pd.DataFrame) -> pd.DataFrame:
+    """One row per (network, weight set, epoch, path, protocol); rows without a FID dropped.
+
+    EMA never changes the gradient path, so runs that differ only in EMA decay train the same
+    raw network: their raw rows are one measurement, not several seeds, and counting them
+    twice would shrink the std. Likewise ``ema`` of a 0.999 run and ``ema@0.999`` of a
+    0.9999 run with the same seed are one average. Repeats are merged (mean FID; ``runs``
+    lists the runs, ``fid_spread`` shows how far apart the repeats were).
+    """
+    columns = NETWORK_KEYS + PROTOCOL_KEYS + ["series", "kind", "decay", "variant"]
+    fid = fid.dropna(subset=["fid"])
+    grouped = fid.groupby(columns, dropna=False, sort=False)
+    merged = grouped.agg(
+        fid=("fid", "mean"),
+        fid_spread=("fid", lambda s: s.max() - s.min()),
+        ema_share=("ema_share", "mean"),
+        ema_share_low=("ema_share_low", "any"),
+        run=("run", "first"),
+        runs=("run", lambda s: ", ".join(sorted(set(s)))),
+        repeats=("fid", "size"),
+    )
+    return merged.reset_index()
+
+
+def ema_diagnostics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """EMA diagnostics as a long frame: one row per (run, step, decay, quantity).
+
+    Unsuffixed ``ema_*`` columns belong to the run's primary decay, ``ema_*@d`` to decay d.
+    Like raw FID rows, runs differing only in their primary decay repeat the same EMA, so
+    repeats of (model, seed, dataset, image_size, decay, quantity, step) are dropped.
+    """
+    ids = ["run", "model", "seed", "dataset", "image_size", "group", "epoch", "step"]
+    parts = []
+    for column in metrics.columns:
+        if not column.startswith("ema_") or column in _NOT_EMA_DIAGNOSTICS:
+            continue
+        quantity, _, arg = column.partition("@")
+        decay = float(arg) if arg else metrics["ema_decay"]
+        values = pd.to_numeric(metrics[column], errors="coerce")
+        parts.append(metrics[ids].assign(quantity=quantity, decay=decay, value=values))
+    if not parts:
+        return pd.DataFrame(columns=ids + ["quantity", "decay", "value"])
+    long = pd.concat(parts, ignore_index=True).dropna(subset=["value", "decay"])
+    keys = ["model", "seed", "dataset", "image_size", "decay", "quantity", "step"]
+    return long.drop_duplicates(subset=keys).reset_index(drop=True)

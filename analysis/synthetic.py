@@ -1,0 +1,195 @@
+"""Synthetic run folders in the result-file contract, with known optima.
+
+Why: the report is built and tested before real training and evaluation finish. These files
+have the shapes the trainer and evaluator write (see ``analysis.load``), and their FIDs are
+the STUDY.md table plus a known per-seed offset, so every cell of a report can be checked.
+
+Known values (``known_fid``), with offset = (seed - mean(seeds)) * seed_step:
+
+- raw: the STUDY.md raw columns (Baseline best 33.07 @ 200, LIFT DP-Total best 36.65 @ 2000);
+  LIFT diagonal / DP-64 = DP-Total + 12.42 / + 11.74 (best 49.07 / 48.39, as STUDY.md).
+- EMA 0.9999: the STUDY.md EMA columns (Baseline best 27.90 @ 400, LIFT 28.91 @ 400).
+- EMA at any other decay: raw - 3 (a short average tracks the raw network).
+- post-hoc EMA: raw - 4.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .load import FID_FILE, METRICS_FILE, RUN_FILE, fmt_num
+
+EPOCHS = (200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000)
+# STUDY.md, "Numbers the original study reported": (Baseline raw, LIFT DP-Total raw,
+# Baseline EMA, LIFT EMA DP-Total) per epoch.
+STUDY_TABLE = {
+    200: (33.07, 80.53, 28.22, 36.83),
+    400: (41.54, 39.35, 27.90, 28.91),
+    600: (34.04, 46.48, 30.00, 31.37),
+    800: (40.82, 40.43, 31.52, 34.70),
+    1000: (41.05, 63.59, 33.05, 34.95),
+    1200: (52.32, 40.11, 33.80, 35.49),
+    1400: (45.85, 40.55, 34.94, 35.92),
+    1600: (48.13, 40.28, 36.17, 36.51),
+    1800: (45.61, 53.96, 37.11, 37.80),
+    2000: (59.37, 36.65, 38.62, 38.55),
+}
+STUDY_DECAY = 0.9999
+PATH_OFFSET = {"dp_total": 0.0, "diagonal": 12.42, "dp_64": 11.74, "ddim": 0.0}
+PROTOCOL = {"num_images": 15803, "num_steps": 18, "extractor": "inception-v3-compat"}
+MODEL_PATHS = {"baseline": ("ddim",), "lift": ("dp_total",)}
+
+# fid(path, weights_id, epoch) -> FID, or None for "not evaluated"; weights_id as in
+# analysis.load: "raw", "ema@0.9999", "phema@0.1".
+FidFn = Callable[[str, str, int], "float | None"]
+
+
+def known_fid(model: str, path: str, weights_id: str, epoch: int, offset: float = 0.0) -> float:
+    """The synthetic FID of one eval row (see the module docstring for the rules)."""
+    baseline_raw, lift_raw, baseline_ema, lift_ema = STUDY_TABLE[epoch]
+    raw = (baseline_raw if model == "baseline" else lift_raw) + PATH_OFFSET.get(path, 0.0)
+    if weights_id == "raw":
+        value = raw
+    elif weights_id == f"ema@{fmt_num(STUDY_DECAY)}":
+        ema = baseline_ema if model == "baseline" else lift_ema
+        value = ema + PATH_OFFSET.get(path, 0.0)
+    elif weights_id.startswith("ema@"):
+        value = raw - 3.0
+    else:
+        value = raw - 4.0
+    return value + offset
+
+
+def _share(decay: float, steps: int) -> float:
+    """Post-init share of an EMA after ``steps`` updates: 1 - decay^steps."""
+    return 1.0 - decay**steps
+
+
+def _metrics_rows(model: str, seed: int, decays: Sequence[float], epochs: int,
+                  steps_per_epoch: int, every: int) -> pd.DataFrame:
+    """Training metrics: a decaying loss (LIFT: loss_64 + loss_32) and EMA diagnostics."""
+    epoch = np.arange(every, epochs + 1, every)
+    step = epoch * steps_per_epoch
+    scale = 1.4 if model == "lift" else 1.0  # LIFT's loss sums two scales
+    loss = scale * (0.03 + 0.05 * np.exp(-epoch / 300)) + 0.001 * seed
+    rows = {"epoch": epoch, "step": step, "loss": loss,
+            "loss_64": 0.6 * loss if model == "lift" else np.nan,
+            "loss_32": 0.4 * loss if model == "lift" else np.nan,
+            "lr": 1e-4, "seconds": 60.0, "images_per_s": 250.0}
+    for i, decay in enumerate(decays):
+        suffix = "" if i == 0 else f"@{fmt_num(decay)}"  # primary decay unsuffixed
+        # The EMA starts equal to the raw weights and falls behind them as training moves on;
+        # a longer average lags further.
+        share = _share(decay, step)
+        rms = 0.01 * scale * (1 - decay) ** 0.5 * share
+        rows.update({f"ema_mean_abs_delta{suffix}": 0.8 * rms, f"ema_rms_delta{suffix}": rms,
+                     f"ema_rel_rms_delta{suffix}": rms / 0.05,
+                     f"ema_max_abs_delta{suffix}": 8 * rms, f"ema_share{suffix}": share})
+    return pd.DataFrame(rows)
+
+
+def write_run(
+    root: str | Path,
+    name: str,
+    *,
+    model: str,
+    seed: int,
+    ema_decays: Sequence[float] = (),
+    fid: FidFn | None = None,
+    epochs: Iterable[int] = EPOCHS,
+    paths: Sequence[str] | None = None,
+    phema: Sequence[float] = (),
+    dataset: str = "afhqv2",
+    image_size: int = 64,
+    steps_per_epoch: int = 246,
+    batch_size: int = 64,
+    protocol: dict | None = None,
+    evaluated: bool = True,
+    metrics_every: int = 50,
+) -> Path:
+    """Write one run folder (run.json, metrics.csv and, if ``evaluated``, eval/fid.csv).
+
+    ``ema_decays[0]`` is the primary decay (weights ``ema``), the others are ``ema@d``.
+    ``fid`` defaults to ``known_fid`` with no seed offset; it may return None to leave a
+    row out. ``protocol`` overrides num_images / num_steps / extractor.
+    """
+    run_dir = Path(root) / name
+    (run_dir / FID_FILE).parent.mkdir(parents=True, exist_ok=True)
+    epochs = sorted(epochs)
+    primary = ema_decays[0] if ema_decays else None
+    info = {"run": name, "model": model, "seed": seed, "ema_decay": primary,
+            "ema_decays": list(ema_decays), "dataset": dataset, "image_size": image_size,
+            "epochs": max(epochs), "steps_per_epoch": steps_per_epoch,
+            "batch_size": batch_size}
+    (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2))
+    metrics = _metrics_rows(model, seed, ema_decays, max(epochs), steps_per_epoch, metrics_every)
+    metrics.to_csv(run_dir / METRICS_FILE, index=False)
+    if not evaluated:
+        return run_dir
+
+    fid = fid or (lambda path, weights_id, epoch: known_fid(model, path, weights_id, epoch))
+    protocol = {**PROTOCOL, **(protocol or {})}
+    weight_sets = [("raw", "raw", None)]
+    weight_sets += [("ema" if i == 0 else f"ema@{fmt_num(d)}", f"ema@{fmt_num(d)}", d)
+                    for i, d in enumerate(ema_decays)]
+    weight_sets += [(f"phema@{s:.2f}", f"phema@{fmt_num(s)}", None) for s in phema]
+    rows = []
+    for epoch in epochs:
+        step = epoch * steps_per_epoch
+        for path in paths or MODEL_PATHS[model]:
+            for weights, weights_id, decay in weight_sets:
+                value = fid(path, weights_id, epoch)
+                if value is None:
+                    continue
+                share = _share(decay, step) if decay is not None else None
+                rows.append({"run": name, "model": model, "seed": seed, "ema_decay": primary,
+                             "dataset": dataset, "image_size": image_size, "epoch": epoch,
+                             "step": step, "weights": weights, "path": path, **protocol,
+                             "fid": value, "ema_share": share,
+                             "ema_share_low": None if share is None else share < 0.5,
+                             "seconds": 12.5})
+    pd.DataFrame(rows).to_csv(run_dir / FID_FILE, index=False)
+    return run_dir
+
+
+def write_study(
+    root: str | Path,
+    *,
+    models: Sequence[str] = ("baseline", "lift"),
+    seeds: Sequence[int] = (0, 1, 2),
+    decays: Sequence[float] = (0.9999, 0.999),
+    one_run_per_decay: bool = True,
+    seed_step: float = 0.1,
+    lift_paths: Sequence[str] = ("dp_total",),
+    **run_kwargs,
+) -> list[Path]:
+    """Write a study with known optima; returns the run folders.
+
+    ``one_run_per_decay``: one run per (model, decay, seed), so raw rows repeat across decays
+    (the case ``dedupe_networks`` exists for); otherwise one run per (model, seed) tracking
+    every decay (primary = decays[0], the others as ``ema@d``). LIFT is sampled along
+    ``lift_paths``. Seed s shifts every FID by
+    (s - mean(seeds)) * seed_step, so the seed-mean equals ``known_fid``.
+    """
+    centre = float(np.mean(seeds))
+    decay_sets = [[d] for d in decays] if one_run_per_decay else [list(decays)]
+    run_dirs = []
+    for model in models:
+        for decay_set in decay_sets:
+            for seed in seeds:
+                offset = (seed - centre) * seed_step
+
+                def fid(path, weights_id, epoch, model=model, offset=offset):
+                    return known_fid(model, path, weights_id, epoch, offset)
+
+                tag = "-".join(f"ema{fmt_num(d)}" for d in decay_set) or "noema"
+                paths = lift_paths if model == "lift" else MODEL_PATHS[model]
+                run_dirs.append(write_run(root, f"{model}-{tag}-s{seed}", model=model, seed=seed,
+                                          ema_decays=decay_set, fid=fid, paths=paths,
+                                          **run_kwargs))
+    return run_dirs
