@@ -66,3 +66,19 @@ def test_bad_sizes_are_named(kwargs, match):
 def test_lift_needs_half_scale_divisible():
     with pytest.raises(ValueError, match="low scale"):
         LiftUNet([8, 16], image_size=20)
+
+
+def test_state_dict_names_are_the_original_studys():
+    # names of the original study's LIFTDualTimestepModel / BaselineModel state_dicts, so its
+    # checkpoints (model_state and EMA shadow) load by name
+    lift = set(LiftUNet().state_dict())
+    for name in ["time_mlp.1.weight", "time_mlp.3.bias", "time_combine.0.weight",
+                 "time_combine.2.bias", "init_conv.weight", "encoder_blocks.0.0.norm1.weight",
+                 "encoder_blocks.1.2.qkv.weight", "encoder_blocks.3.1.time_mlp.weight",
+                 "downsample.3.weight", "bottleneck.1.proj.bias", "bottleneck.2.conv2.weight",
+                 "upsample.0.weight", "decoder_blocks.0.0.shortcut.weight",
+                 "decoder_blocks.3.1.conv1.weight", "final_conv.0.weight", "final_conv.2.bias"]:
+        assert name in lift, name
+    assert "encoder_blocks.0.2.qkv.weight" not in lift  # no attention at 64 channels
+    base = set(BaselineUNet().state_dict())
+    assert base == lift - {k for k in lift if k.startswith("time_combine.")}

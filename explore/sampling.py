@@ -1,0 +1,155 @@
+"""DDIM sampling (eta 0) for both models, as STUDY.md "Sampling" describes it.
+
+18 steps = timesteps 990, 935, ..., 55, 0 (stride 1000 // 18 = 55): 19 model calls, each stepping
+from its timestep to the next one in the list, the last from 0 to the clean image (alpha_bar 1).
+The predicted x_0 is clipped to [-1, 1] and the direction term uses the eps consistent with it.
+
+LIFT takes a 19-point path of (t_64, t_32) pairs; each scale takes its own DDIM step to its next
+timestep. The `diagonal` path is the plain list for both scales; `dp_64` and `dp_total` come
+from the error heatmap (explore.paths).
+
+One seed gives the same images whatever the batch size: image i's starting noise is drawn from a
+generator seeded with (seed, i).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .data import to_uint8
+from .diffusion import CosineSchedule
+
+LiftPath = Sequence[tuple[int, int]]
+
+
+def ddim_timesteps(num_steps: int = 18, num_train_steps: int = 1000) -> list[int]:
+    """range(0, T, T // num_steps), noisiest first: [990, 935, ..., 55, 0] for 18 steps.
+
+    That is 19 model calls for 18 steps (1000 is not a multiple of 18), as in the study; for a
+    divisor of T, e.g. 10 steps, it is [900, ..., 0]: 10 calls.
+    """
+    if not 1 <= num_steps < num_train_steps:
+        raise ValueError(f"num_steps={num_steps} must be in [1, {num_train_steps - 1}]")
+    stride = num_train_steps // num_steps
+    return list(range(0, num_train_steps, stride))[::-1]
+
+
+def diagonal_path(num_steps: int = 18, num_train_steps: int = 1000) -> list[tuple[int, int]]:
+    return [(t, t) for t in ddim_timesteps(num_steps, num_train_steps)]
+
+
+def _alpha_pairs(schedule: CosineSchedule, timesteps: Sequence[int], device) -> torch.Tensor:
+    """(len, 2): alpha_bar at each timestep and at the next one (1.0 after the last)."""
+    ab = schedule.alpha_bar.to(torch.float64)
+    now = torch.stack([ab[t] for t in timesteps])
+    nxt = torch.cat([now[1:], torch.ones(1, dtype=torch.float64)])
+    return torch.stack([now, nxt], 1).to(device=device, dtype=torch.float32)
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, ab: torch.Tensor, ab_next: torch.Tensor
+              ) -> torch.Tensor:
+    """x_t -> x_next with eta 0.
+
+    x0 = (x - sqrt(1-ab) eps) / sqrt(ab), clipped to [-1, 1]; eps is then re-derived from the
+    clipped x0 (as the original study's DDIM scheduler does), and x_next = sqrt(ab_next) x0 +
+    sqrt(1 - ab_next) eps.
+    """
+    eps = eps.float()
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp_(-1, 1)
+    eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+    return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+
+
+def initial_noise(shape: Sequence[int], start: int, count: int, seed: int,
+                  stream: int = 0) -> torch.Tensor:
+    """Noise for images start..start+count-1, each from its own (seed, index, stream) generator.
+
+    Drawn on the CPU so that a seed gives the same images on every device and batch size.
+    """
+    g = torch.Generator()
+    out = torch.empty(count, *shape)
+    for k in range(count):
+        g.manual_seed((int(seed) * 1_000_003 + (start + k)) * 4 + stream)
+        out[k] = torch.randn(*shape, generator=g)
+    return out
+
+
+def _batches(total: int, batch_size: int):
+    for start in range(0, total, batch_size):
+        yield start, min(batch_size, total - start)
+
+
+@torch.no_grad()
+def sample_baseline(model: nn.Module, schedule: CosineSchedule, num_images: int, *,
+                    num_steps: int = 18, seed: int = 0, batch_size: int = 64,
+                    device: torch.device | str = "cpu", autocast_dtype=None,
+                    progress: bool = True) -> torch.Tensor:
+    """uint8 (N, 3, S, S) images from the Baseline with DDIM (CPU tensor)."""
+    timesteps = ddim_timesteps(num_steps, schedule.num_steps)
+    alphas = _alpha_pairs(schedule, timesteps, device)
+    s, c = model.image_size, model.channels
+    out = []
+    for start, n in _progress(num_images, batch_size, progress, "sampling"):
+        x = initial_noise((c, s, s), start, n, seed).to(device)
+        for k, t in enumerate(timesteps):
+            tt = torch.full((n,), t, device=device, dtype=torch.long)
+            with _autocast(device, autocast_dtype):
+                eps = model(x, tt)
+            x = ddim_step(x, eps, alphas[k, 0], alphas[k, 1])
+        out.append(to_uint8(x).cpu())
+    return torch.cat(out) if out else torch.empty(0, c, s, s, dtype=torch.uint8)
+
+
+@torch.no_grad()
+def sample_lift(model: nn.Module, schedule: CosineSchedule, num_images: int, path: LiftPath, *,
+                seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
+                autocast_dtype=None, progress: bool = True,
+                return_low: bool = False):
+    """uint8 (N, 3, S, S) images from LIFT along `path` = [(t_64, t_32), ...] (CPU tensor).
+
+    With return_low, also the (N, 3, S/2, S/2) low-scale images.
+    """
+    path = [(int(a), int(b)) for a, b in path]
+    if path[-1] != (0, 0):
+        raise ValueError(f"a LIFT path must end at (0, 0) (clean at both scales), got {path[-1]}")
+    t_hi, t_lo = [p[0] for p in path], [p[1] for p in path]
+    a_hi, a_lo = _alpha_pairs(schedule, t_hi, device), _alpha_pairs(schedule, t_lo, device)
+    s, c = model.image_size, model.channels
+    hi_out, lo_out = [], []
+    for start, n in _progress(num_images, batch_size, progress, "sampling"):
+        x_hi = initial_noise((c, s, s), start, n, seed, stream=0).to(device)
+        x_lo = initial_noise((c, s // 2, s // 2), start, n, seed, stream=1).to(device)
+        for k in range(len(path)):
+            th = torch.full((n,), t_hi[k], device=device, dtype=torch.long)
+            tl = torch.full((n,), t_lo[k], device=device, dtype=torch.long)
+            with _autocast(device, autocast_dtype):
+                eps_hi, eps_lo = model(x_hi, x_lo, th, tl)
+            x_hi = ddim_step(x_hi, eps_hi, a_hi[k, 0], a_hi[k, 1])
+            x_lo = ddim_step(x_lo, eps_lo, a_lo[k, 0], a_lo[k, 1])
+        hi_out.append(to_uint8(x_hi).cpu())
+        if return_low:
+            lo_out.append(to_uint8(x_lo).cpu())
+    hi = torch.cat(hi_out)
+    return (hi, torch.cat(lo_out)) if return_low else hi
+
+
+def _autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def _progress(total: int, batch_size: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    batches = list(_batches(total, batch_size))
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False,
+               dynamic_ncols=True)
+    for start, n in batches:
+        yield start, n
+        bar.update(n)
+    bar.close()
