@@ -3,8 +3,7 @@ import torch
 
 from explore.diffusion import CosineSchedule
 from explore.models import BaselineUNet, LiftUNet
-from explore.sampling import (ddim_step, ddim_timesteps, diagonal_path, sample_baseline,
-                              sample_lift)
+from explore.sampling import ddim_step, ddim_timesteps, diagonal_path, sample_baseline, sample_lift
 
 
 def test_ddim_timesteps_of_the_study():
