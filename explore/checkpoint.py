@@ -11,17 +11,15 @@ the original study's checkpoints (`lift_ema_400ep.pth`), which therefore load he
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .files import atomic_write
 
 FORMAT = "explore-ema-study/1"
 _EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -38,35 +36,6 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
     return checkpoint_dir(run_dir) / f"epoch_{epoch:04d}.pt"
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(file_object)` on a temporary file beside `path`, fsync, then rename.
-
-    A crash at any point leaves either the previous file or nothing under `path`, never a
-    half-written one (the temporary file is removed on error).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # make the rename itself durable
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return path
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:

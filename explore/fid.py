@@ -50,6 +50,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
+from .errors import UserError
 from .extractors import RANDCONV_DIM, RANDCONV_NAME
 
 INCEPTION_NAME = "inception-v3-compat"
@@ -58,7 +59,7 @@ NEGATIVE_FID_WARN = 1e-3  # raw FID below -this is not float error: warn (still 
 _PROBE_TIMEOUT_S = 3.0  # how long to wait for a TCP connection to the weights' host
 
 
-class FidWeightsMissing(RuntimeError):
+class FidWeightsMissing(UserError):
     """The Inception weights are neither given, nor in torch hub's cache, nor downloadable."""
 
 

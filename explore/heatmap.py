@@ -31,11 +31,9 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .diffusion import CosineSchedule
+from .files import atomic_write
 from .models import downsample
 from .paths import grid_timesteps
 
@@ -116,32 +115,6 @@ class Heatmap:
                 or hm.error_64.shape != (n, n) or hm.error_32.shape != (n, n)):
             raise HeatmapFileError(f"{path}: array shapes do not match grid_size={n}")
         return hm
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> None:
-    """Call write(binary file) on a temp file next to `path`, fsync it, then os.replace onto `path`.
-
-    A crash leaves either the old file or the complete new one under the final name, never half.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (best effort)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from .devices import resolve_device
 from .diffusion import CosineSchedule, loss_fn_for
 from .ema import EMA, averaging_window
 from .errors import ConfigError, UserError
+from .files import atomic_write
 
 log = logging.getLogger("explore.train")
 
@@ -161,11 +162,11 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    ckpt.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 def write_json(path: Path, obj) -> None:
-    ckpt.atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
 def _config_differences(old: dict, new: dict) -> list[str]:
@@ -240,7 +241,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
         log.info("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(run_dir / "config.yaml", lambda f: f.write(
+    atomic_write(run_dir / "config.yaml", lambda f: f.write(
         OmegaConf.to_yaml(to_plain(cfg)).encode()))
     write_json(run_dir / "run.json", {
         "run": run_dir.name, "model": model.kind, "seed": int(cfg.seed),

@@ -1,0 +1,153 @@
+import csv
+import warnings
+
+import pytest
+import torch
+
+from explore import evaluate as ev
+from explore import fid as fidlib
+from explore.config import compose
+from explore.errors import ConfigError
+from explore.models import LiftUNet
+from explore.train import train
+from explore.weights import WeightsError
+
+EVAL = ["device=cpu", "progress=false", "eval.num_images=24", "eval.num_steps=4",
+        "eval.batch_size=12", "eval.heatmap.grid_size=4", "eval.heatmap.num_probes=1",
+        "eval.heatmap.num_images=2", "eval.fid.extractor=randconv-256"]
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_small_count_warning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="eval.num_images")
+        yield
+
+
+@pytest.fixture
+def eval_cfg(tmp_path):
+    def make(*overrides):
+        return compose("evaluate", EVAL + [f"eval.fid.cache_root={tmp_path / 'fidcache'}"]
+                       + list(overrides))
+    return make
+
+
+@pytest.fixture(scope="module")
+def lift_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "lift"
+    cfg = compose("train", ["experiment=smoke", "device=cpu", "model=lift",
+                            "model.hidden_dims=[8,16]", "model.image_size=16",
+                            "model.attn_min_ch=16", "data.num_images=64",
+                            "trainer.batch_size=16", "trainer.epochs=2",
+                            "trainer.progress=false", "ema.decay=0.9"])
+    return train(cfg, run)
+
+
+def test_lift_run_rows_grids_heatmaps(lift_run, eval_cfg):
+    out = ev.evaluate(eval_cfg(f"run_dir={lift_run}"))
+    got = rows(out)
+    assert [(r["epoch"], r["weights"], r["path"]) for r in got] == [
+        ("1", "ema", "dp_total"), ("1", "raw", "dp_total"),
+        ("2", "ema", "dp_total"), ("2", "raw", "dp_total")]
+    r = got[-1]
+    assert r["model"] == "lift" and r["extractor"] == "randconv-256" and r["num_images"] == "24"
+    assert r["step"] == "8" and float(r["fid"]) >= 0 and r["ema_share"] == ""
+    ema = got[-2]
+    assert float(ema["ema_share"]) == pytest.approx(1 - 0.9**8, abs=1e-4)
+    assert ema["ema_share_low"] == "False" and got[0]["ema_share_low"] == "True"  # 1 - .9^4 < .5
+    assert (lift_run / "eval" / "grids" / "epoch_0002_ema_dp_total.png").stat().st_size > 0
+    heatmaps = sorted(p.name for p in (lift_run / "eval" / "heatmaps").iterdir())
+    assert "epoch_0002_raw_g4_k1_n2_s42.npz" in heatmaps
+    assert "epoch_0002_raw_g4_k1_n2_s42.png" in heatmaps
+
+
+def test_skip_force_and_resume(lift_run, eval_cfg, monkeypatch, tmp_path):
+    run = lift_run
+    cfg = eval_cfg(f"run_dir={run}", "eval.paths=[diagonal,dp_64]", "eval.epochs=[2]")
+    calls = {"n": 0}
+    real_fid = fidlib.compute_fid
+
+    def dying_fid(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed in the middle of the third row
+        return real_fid(*a, **kw)
+
+    monkeypatch.setattr(ev.fidlib, "compute_fid", dying_fid)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(cfg)
+    done = [(r["weights"], r["path"]) for r in rows(run / "eval" / "fid.csv")
+            if r["epoch"] == "2" and r["path"] in ("diagonal", "dp_64")]
+    assert len(done) == 2  # the two finished rows survived
+    heatmap = run / "eval" / "heatmaps" / "epoch_0002_ema_g4_k1_n2_s42.npz"
+    before = heatmap.stat().st_mtime_ns
+    calls["n"] = -100
+    ev.evaluate(cfg)  # resumes: only the missing rows
+    assert calls["n"] == -100 + 2
+    assert heatmap.stat().st_mtime_ns == before  # cached heatmap reused
+    ev.evaluate(cfg)
+    assert calls["n"] == -100 + 2  # nothing left to do
+    ev.evaluate(eval_cfg(f"run_dir={run}", "eval.paths=[diagonal]", "eval.epochs=[2]",
+                         "eval.force=true", "eval.weights=[raw]"))
+    assert calls["n"] == -100 + 3
+    keys = [(r["epoch"], r["weights"], r["path"]) for r in rows(run / "eval" / "fid.csv")]
+    assert len(keys) == len(set(keys))  # force replaced the row, did not duplicate it
+
+
+def test_original_study_checkpoint_evaluates_without_conversion(tmp_path, eval_cfg):
+    torch.manual_seed(0)
+    model = LiftUNet([8, 16], 16, 16)
+    shadow = {n: p.detach() + 0.01 for n, p in model.named_parameters()}  # their EMA layout
+    path = tmp_path / "old_runs" / "lift_ema_400ep.pth"
+    path.parent.mkdir()
+    torch.save({"model_state": model.state_dict(), "ema_state": {"decay": 0.9999,
+                                                                 "shadow": shadow},
+                "optimizer_state": {}, "hidden_dims": [8, 16], "losses": [1.0, 0.5],
+                "epochs": 400, "ema_decay": 0.9999}, path)
+    out_dir = tmp_path / "scored"
+    out = ev.evaluate(eval_cfg(f"checkpoint={path}", "model=lift", "model.image_size=16",
+                               "model.attn_min_ch=16", "data=shapes", "data.num_images=64",
+                               f"out_dir={out_dir}", "eval.paths=[diagonal]"))
+    got = rows(out)
+    assert [(r["epoch"], r["weights"]) for r in got] == [("400", "ema"), ("400", "raw")]
+    # share estimated from 400 epochs x (64 images // 64) steps
+    assert float(got[0]["ema_share"]) == pytest.approx(1 - 0.9999**400, abs=1e-4)
+    assert (out_dir / "run.json").is_file()  # analysis can read it as a run
+
+
+def test_clear_errors(tmp_path, lift_run, eval_cfg):
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(ConfigError, match="no checkpoints"):
+        ev.evaluate(eval_cfg(f"run_dir={tmp_path / 'empty_run'}"))
+    with pytest.raises(ConfigError, match="exactly one"):
+        ev.evaluate(eval_cfg())
+    with pytest.raises(ConfigError, match="eval.epochs"):
+        ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.epochs=[7]"))
+    with pytest.raises(ConfigError, match="LIFT paths"):
+        ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.paths=[ddim]", "eval.epochs=[1]"))
+    noema = train(compose("train", ["experiment=smoke", "device=cpu", "ema=off",
+                                    "model.hidden_dims=[8,16]", "model.image_size=16",
+                                    "model.attn_min_ch=16", "data.num_images=32",
+                                    "trainer.batch_size=16", "trainer.epochs=1",
+                                    "trainer.progress=false"]), tmp_path / "noema")
+    with pytest.raises(WeightsError, match="without EMA"):
+        ev.evaluate(eval_cfg(f"run_dir={noema}", "eval.weights=[ema]"))
+
+
+def test_baseline_uses_ddim_and_warns_on_small_counts(tmp_path, eval_cfg):
+    run = train(compose("train", ["experiment=smoke", "device=cpu", "model=baseline",
+                                  "model.hidden_dims=[8,16]", "model.image_size=16",
+                                  "model.attn_min_ch=16", "data.num_images=32",
+                                  "trainer.batch_size=16", "trainer.epochs=1",
+                                  "trainer.progress=false", "ema.decay=0.9"]),
+                tmp_path / "base")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ev.evaluate(eval_cfg(f"run_dir={run}"))
+    assert any("rank-deficient" in str(w.message) for w in caught)
+    assert {(r["weights"], r["path"]) for r in rows(out)} == {("raw", "ddim"), ("ema", "ddim")}
