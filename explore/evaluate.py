@@ -43,7 +43,14 @@ from .heatmap import Heatmap, HeatmapFileError, error_heatmap, pick_images, plot
 from .paths import fractional_grid_index, optimal_path, path_to_timesteps
 from .results import ResultsFile, row_key
 from .sampling import diagonal_path, sample_baseline, sample_lift
-from .weights import WeightSet, load_state, load_weights, select, weight_sets
+from .weights import (
+    WeightSet,
+    load_state,
+    load_weights,
+    reconstructed_sets,
+    select,
+    weight_sets,
+)
 
 log = logging.getLogger("explore.evaluate")
 
@@ -250,7 +257,10 @@ def _evaluate_checkpoints(cfg, target, first, data, real, real_name, extractor, 
             path, trusted=trusted)
         model = build_model(state, cfg, path).to(device).eval()
         load_state(model, state["model_state"], f"{path} model_state")
-        sets = select(weight_sets(state, run_meta["steps_per_epoch"]), e.weights, str(path))
+        # raw + every average in the checkpoint + the post-hoc EMAs reconstructed for this epoch
+        sets = weight_sets(state, run_meta["steps_per_epoch"])
+        sets.update(reconstructed_sets(target.out_dir, epoch, have=sets))
+        sets = select(sets, e.weights, str(path))
         for ws in sets:
             todo = [p for p in paths_for(model.kind, e.paths)
                     if e.force or not results.has(row_key(_key_row(epoch, ws, p, e, num_images,
@@ -264,8 +274,9 @@ def _evaluate_checkpoints(cfg, target, first, data, real, real_name, extractor, 
             low = share is not None and share < float(e.ema_share_threshold)
             if ws.is_ema:
                 lag = ws.lag_epochs(run_meta["steps_per_epoch"])
-                log.info("epoch %d %s: decay %s, post-init share %s%s, lag %s epochs", epoch,
-                         ws.name, ws.decay, f"{share:.2f}" if share is not None else "unknown",
+                log.info("epoch %d %s: %s, post-init share %s%s, lag %s epochs", epoch,
+                         ws.name, ws.describe(),
+                         f"{share:.2f}" if share is not None else "unknown",
                          " (estimated)" if ws.estimated else "",
                          f"{lag:.1f}" if lag is not None else "unknown")
                 if low:

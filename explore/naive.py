@@ -129,3 +129,114 @@ def naive_error_heatmap(model: nn.Module, schedule: CosineSchedule, images: torc
     return Heatmap(timesteps=ts, log_snr=schedule.log_snr(torch.as_tensor(ts)).numpy(),
                    error_64=e64, error_32=e32, grid_size=grid_size, num_probes=num_probes,
                    seed=seed, num_images=b)
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA: reference for explore.ema.EMA.update
+# ---------------------------------------------------------------------------------------------
+
+
+class NaiveEMA:
+    """The original study's EMA: name -> shadow, and per update, for every named parameter,
+
+        shadow[name] = decay * shadow[name] + (1 - decay) * param.data
+
+    which allocates three new tensors per parameter per step (two products and their sum).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999):
+        self.model, self.decay = model, decay
+        self.shadow = {name: p.data.clone() for name, p in model.named_parameters()
+                       if p.requires_grad}
+
+    def update(self) -> None:
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                self.shadow[name] = self.decay * self.shadow[name] + (1 - self.decay) * param.data
+
+
+# ---------------------------------------------------------------------------------------------
+# Training step: reference for explore.train.train_step (+ scheduler and EMA)
+# ---------------------------------------------------------------------------------------------
+
+
+def naive_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: CosineSchedule,
+                     batch: torch.Tensor, ema: NaiveEMA | None = None, grad_clip: float = 1.0
+                     ) -> float:
+    """One step of the original's `train_one_epoch` body, in plain fp32.
+
+    zero_grad, the study's loss (Baseline or LIFT, global RNG), backward, gradient-norm clip,
+    AdamW step, EMA update, and the loss as a Python float (the original logged it every step).
+    """
+    from .diffusion import loss_fn_for
+
+    optimizer.zero_grad()
+    loss = loss_fn_for(model)(model, schedule, batch)["loss"]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema.update()
+    return loss.item()
+
+
+# ---------------------------------------------------------------------------------------------
+# DDIM sampling: reference for explore.sampling.sample_baseline / sample_lift
+# ---------------------------------------------------------------------------------------------
+
+
+def _naive_ddim_update(x, eps, alpha_bar, t, t_next):
+    """The original scheduler's step: x0 from eps, clip, eps again from the clipped x0."""
+    a = alpha_bar[t]
+    a_next = alpha_bar[t_next] if t_next is not None else torch.tensor(1.0)
+    x0 = (x - torch.sqrt(1 - a) * eps) / torch.sqrt(a)
+    x0 = torch.clamp(x0, -1.0, 1.0)
+    eps = (x - torch.sqrt(a) * x0) / torch.sqrt(1 - a)
+    return torch.sqrt(a_next) * x0 + torch.sqrt(1 - a_next) * eps
+
+
+@torch.no_grad()
+def naive_sample_baseline(model: nn.Module, schedule: CosineSchedule, num_images: int,
+                          num_steps: int = 18, seed: int = 0, device="cpu",
+                          noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Float images in [0, 1] from the Baseline with 18-step DDIM (eta 0), one batch, per-step loop.
+
+    `noise`: the starting x_T (default: torch.randn under torch.manual_seed(seed)).
+    """
+    s, c = model.image_size, model.channels
+    if noise is None:
+        torch.manual_seed(seed)
+        noise = torch.randn(num_images, c, s, s)
+    x = noise.to(device)
+    alpha_bar = schedule.alpha_bar.float().to(device)
+    timesteps = list(range(0, schedule.num_steps, schedule.num_steps // num_steps))[::-1]
+    for k, t in enumerate(timesteps):
+        t_next = timesteps[k + 1] if k + 1 < len(timesteps) else None
+        eps = model(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long))
+        x = _naive_ddim_update(x, eps, alpha_bar, t, t_next)
+    return ((x + 1) / 2).clamp(0, 1).cpu()
+
+
+@torch.no_grad()
+def naive_sample_lift(model: nn.Module, schedule: CosineSchedule, num_images: int,
+                      path: list[tuple[int, int]], seed: int = 0, device="cpu",
+                      noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Float 64x64 images in [0, 1] from LIFT along `path` = [(t_64, t_32), ...], per-step loop.
+
+    `noise`: the starting (x_64, x_32) (default: torch.randn under torch.manual_seed(seed)).
+    """
+    s, c = model.image_size, model.channels
+    if noise is None:
+        torch.manual_seed(seed)
+        noise = (torch.randn(num_images, c, s, s), torch.randn(num_images, c, s // 2, s // 2))
+    x_hi, x_lo = noise[0].to(device), noise[1].to(device)
+    alpha_bar = schedule.alpha_bar.float().to(device)
+    n = x_hi.shape[0]
+    for k, (t_hi, t_lo) in enumerate(path):
+        nxt = path[k + 1] if k + 1 < len(path) else (None, None)
+        eps_hi, eps_lo = model(x_hi, x_lo,
+                               torch.full((n,), t_hi, device=device, dtype=torch.long),
+                               torch.full((n,), t_lo, device=device, dtype=torch.long))
+        x_hi = _naive_ddim_update(x_hi, eps_hi, alpha_bar, t_hi, nxt[0])
+        x_lo = _naive_ddim_update(x_lo, eps_lo, alpha_bar, t_lo, nxt[1])
+    return ((x_hi + 1) / 2).clamp(0, 1).cpu()

@@ -129,20 +129,28 @@ def set_rng_state(state: dict) -> None:
 
 
 def describe_ema(ema: EMA, steps_per_epoch: int, total_epochs: int) -> None:
-    """Print the averaging window, and warn when it is long for the planned run: an EMA
-    evaluated while it is still mostly its initial weights hides what training achieved."""
-    window = averaging_window(ema.decay)
+    """Print every tracked average's window (lag), and warn when an EMA's window is long for the
+    planned run: an EMA evaluated while it is still mostly its initial weights hides what
+    training achieved."""
     total_steps = steps_per_epoch * total_epochs
-    log.info("EMA decay %s: averaging window %.0f optimizer steps = %.2f epochs "
-             "(%d steps/epoch; run: %d epochs = %d steps)", ema.decay, window,
-             window / steps_per_epoch, steps_per_epoch, total_epochs, total_steps)
-    if window > total_steps / 3:
-        share = 1 - ema.decay ** max(0, total_steps - ema.start_step)
-        log.warning("EMA window (%.0f steps) is longer than a third of the planned run "
-                    "(%d steps): at the end only %.0f%% of the EMA comes from trained weights, "
-                    "the rest is the initialisation. Its samples will hide training progress; "
-                    "lower ema.decay (e.g. %s) or train longer.", window, total_steps,
-                    100 * share, _suggest_decay(total_steps))
+    for track in ema.tracks:
+        if track.kind == "phema":  # a power profile keeps a fixed fraction of the run
+            log.info("%s: power-function EMA, gamma %.2f; window sigma_rel x t = %.0f optimizer "
+                     "steps = %.2f epochs at the end of the run (%d steps)", track.name,
+                     track.gamma, track.sigma_rel * total_steps,
+                     track.sigma_rel * total_epochs, total_steps)
+            continue
+        window = averaging_window(track.decay)
+        log.info("%s: averaging window %.0f optimizer steps = %.2f epochs "
+                 "(%d steps/epoch; run: %d epochs = %d steps)", track.name, window,
+                 window / steps_per_epoch, steps_per_epoch, total_epochs, total_steps)
+        share = track.planned_share(total_steps)
+        if window > total_steps / 3 and share < 1:
+            log.warning("EMA window (%.0f steps) is longer than a third of the planned run "
+                        "(%d steps): at the end only %.0f%% of the EMA comes from trained "
+                        "weights, the rest is the initialisation. Its samples will hide "
+                        "training progress; lower ema.decay (e.g. %s) or train longer.", window,
+                        total_steps, 100 * share, _suggest_decay(total_steps))
 
 
 def _suggest_decay(total_steps: int) -> float:
@@ -220,6 +228,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
     precision = PRECISIONS[str(cfg.trainer.precision)]
     scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
     ema: EMA | None = instantiate(cfg.ema, model=model) if ema_enabled(cfg) else None
+    if ema is not None:  # a post-hoc EMA writes its snapshots to <run>/phema/
+        ema.bind(run_dir, epochs * steps_per_epoch)
     state = RunState()
 
     if found is not None:
@@ -232,7 +242,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
             if saved.get("ema_state") is None:
                 raise ckpt.CheckpointError(f"{path} was trained without EMA; resume it with "
                                            f"ema=off")
-            ema.load_state_dict(saved["ema_state"])
+            ema.load_checkpoint_entries(saved, str(path))  # every tracked average
         state = RunState(saved["epoch"], saved["step"], list(saved.get("history", [])))
         set_rng_state(saved["rng"])
         log.info("resuming %s from %s (epoch %d, step %d)", run_dir, path.name, state.epoch,
@@ -246,7 +256,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
     write_json(run_dir / "run.json", {
         "run": run_dir.name, "model": model.kind, "seed": int(cfg.seed),
         "ema_decay": ema.decay if ema is not None else None,
-        "ema_decays": [ema.decay] if ema is not None else [],
+        "ema_decays": ema.decays if ema is not None else [],
+        "ema_sigma_rels": ema.sigma_rels if ema is not None else [],
         "dataset": data.name, "image_size": data.image_size, "num_images": len(data),
         "epochs": epochs, "steps_per_epoch": steps_per_epoch,
         "batch_size": int(cfg.trainer.batch_size), "device": str(device)})
@@ -307,18 +318,19 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
         row.update(lr=optimizer.param_groups[0]["lr"], seconds=round(seconds, 3),
                    images_per_s=round(steps_per_epoch * cfg.trainer.batch_size / seconds, 2))
         if ema is not None:
-            row.update({f"ema_{k}": v for k, v in ema.delta_stats().items()})
+            row.update(ema.metrics())  # ema_*, ema_*@<decay>, phema_*@<sigma_rel>
         state.epoch = epoch
         state.history.append(row)
         write_metrics(run_dir / "metrics.csv", state.history)
         log.info("epoch %d/%d  step %d  loss %.4f  %.1f img/s%s", epoch, epochs, state.step,
                  row["loss"], row["images_per_s"],
-                 f"  EMA share {row['ema_share']:.2f}" if ema is not None else "")
+                 f"  EMA share {row['ema_share']:.2f}" if "ema_share" in row else "")
         if epoch % cfg.checkpoint.every == 0 or epoch == epochs:
             last_ckpt = ckpt.save_checkpoint({
                 "model_state": model.state_dict(),
-                "ema_state": ema.state_dict() if ema is not None else None,
-                "ema_decay": ema.decay if ema is not None else None,
+                # ema_state/ema_decay: the primary average; emas: every tracked one
+                **(ema.checkpoint_entries() if ema is not None
+                   else {"ema_state": None, "ema_decay": None}),
                 "optimizer": optimizer.state_dict(), "lr_schedule": scheduler.state_dict(),
                 "grad_scaler": scaler.state_dict(), "epoch": epoch, "step": state.step,
                 "rng": rng_state(), "config": to_plain(cfg), "history": state.history,
@@ -346,13 +358,16 @@ def train_step(fwd_model, model, loss_fn, schedule, batch, generator, optimizer,
             totals[name] = totals.get(name, 0) + value.detach() / grad_accum
     scaler.unscale_(optimizer)
     max_norm = float(grad_clip) if grad_clip else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    params, grad_norm, clipped = _grad_norm(model, max_norm)
     values = dict(zip(list(totals) + ["grad_norm"],
                       torch.stack([*totals.values(), grad_norm.float()]).tolist()))
     if not math.isfinite(values["loss"]):
         return {**values, "skipped": True, "nonfinite": "loss"}
     if not scaler.is_enabled() and not math.isfinite(values["grad_norm"]):
         return {**values, "skipped": True, "nonfinite": "gradient norm"}
+    if not clipped and not values["grad_norm"] < _CLIP_MARGIN * max_norm:
+        # (a non-finite norm under fp16 reaches here too: the scaler skips that step)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, grad_norm)
     if scaler.is_enabled():
         scale = scaler.get_scale()
         scaler.step(optimizer)
@@ -363,6 +378,24 @@ def train_step(fwd_model, model, loss_fn, schedule, batch, generator, optimizer,
         values["skipped"] = False
     values["nonfinite"] = None
     return values
+
+
+# gradients are scaled only when the norm is not clearly below max_norm: below it the clip factor
+# clamps to exactly 1.0, and multiplying by 1.0 changes nothing, so skipping it is bit-identical
+_CLIP_MARGIN = 0.999
+
+
+def _grad_norm(model, max_norm: float) -> tuple[list, torch.Tensor, bool]:
+    """(parameters with gradients, their total L2 gradient norm, whether already clipped).
+
+    `clip_grad_norm_` = `get_total_norm` + `clip_grads_with_norm_`; the second pass, which
+    multiplies every gradient by the clip factor (one kernel per tensor on a CPU), is left to
+    `train_step` for when it changes something. torch < 2.6 lacks the two halves: clip at once.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not hasattr(torch.nn.utils, "get_total_norm"):
+        return params, torch.nn.utils.clip_grad_norm_(params, max_norm), True
+    return params, torch.nn.utils.get_total_norm([p.grad for p in params]), False
 
 
 def _progress(it, epoch: int, epochs: int, enabled: bool):

@@ -1,25 +1,41 @@
-"""Weight sets of a checkpoint: the raw weights and every EMA it holds, by name.
+"""Weight sets of a checkpoint: the raw weights and every average it holds, by name.
 
-    raw         model_state: the weights the optimizer produced ("without EMA")
-    ema         ema_state: the run's EMA ("with EMA"; decay in ema_state['decay'])
+    raw            model_state: the weights the optimizer produced ("without EMA")
+    ema            ema_state: the run's primary EMA ("with EMA"; decay in ema_state['decay'])
+    ema@0.999      another decay tracked in the same run (checkpoint `emas`, conf/ema/multi.yaml)
+    phema@0.1      a power-function EMA tracked in the run (`emas`, conf/ema/posthoc.yaml), or one
+                   reconstructed after training by explore.posthoc
+                   (<run>/phema/reconstructed/epoch_NNNN_phema@<sigma_rel>.pt)
 
-One EMA training run yields both columns of the study's table: EMA never changes the gradient
-path, so `raw` of an EMA run is exactly the model trained without EMA.
+One EMA training run yields every column of the study's table: averaging never changes the
+gradient path, so `raw` of an EMA run is exactly the model trained without EMA.
 
 Works for this harness's checkpoints and for the original study's (`model_state`,
 `ema_state` = {decay, shadow}, `ema_decay`, `epochs`), which carry no update counter: their EMA
 share is estimated from the epoch and the optimizer steps per epoch.
+
+Each averaged set says how much of it comes from trained weights (`share`, 1 - the weight its
+averaging profile puts on the initial weights: 1 - decay^n for a plain EMA, 1 for warmed-up,
+bias-corrected, power-function and post-hoc EMAs, which drop the initial weights) and how far it
+lags the raw weights (`window_steps`: 1/(1 - decay) for an exponential EMA, sigma_rel * t for a
+power profile at step t; `lag_epochs` = window / optimizer steps per epoch).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .ema import averaging_window, strip_prefixes
+from .ema import SNAPSHOT_DIR, averaging_window, ema_name, strip_prefixes
 from .errors import UserError
+
+log = logging.getLogger("explore.weights")
+
+RECONSTRUCTED_GLOB = "epoch_{epoch:04d}_*.pt"
 
 
 class WeightsError(UserError):
@@ -28,11 +44,15 @@ class WeightsError(UserError):
 
 @dataclass
 class WeightSet:
-    name: str                          # raw, ema (later: ema@0.999, phema@0.10)
+    name: str                          # raw, ema, ema@0.999, phema@0.1
     tensors: dict[str, torch.Tensor]   # state_dict entries to load (by name)
-    decay: float | None = None         # EMA decay (None: raw, or not an exponential EMA)
-    updates: int | None = None         # optimizer steps the EMA has averaged (None: unknown)
+    decay: float | None = None         # exponential decay (None: raw, or a power profile)
+    updates: int | None = None         # optimizer steps the average has seen (None: unknown)
     estimated: bool = False            # `updates` was estimated from epoch x steps/epoch
+    init_weight: float | None = None   # weight on the initial weights (None: decay**updates)
+    window: float | None = None        # averaging window in optimizer steps (None: 1/(1-decay))
+    sigma_rel: float | None = None     # power-function profiles
+    reconstructed: bool = False        # made by explore.posthoc, not tracked during training
 
     @property
     def is_ema(self) -> bool:
@@ -40,16 +60,35 @@ class WeightSet:
 
     @property
     def share(self) -> float | None:
-        """Share of the EMA from weights after its initialisation: 1 - decay**updates."""
+        """Share of the average from weights after its initialisation: 1 - init_weight, or
+        1 - decay**updates for a plain EMA state without it."""
+        if self.init_weight is not None:
+            return 1.0 - self.init_weight
         if self.decay is None or self.updates is None:
             return None
         return 1.0 - self.decay ** self.updates
 
+    @property
+    def window_steps(self) -> float | None:
+        if self.window is not None:
+            return self.window
+        return averaging_window(self.decay) if self.decay is not None else None
+
     def lag_epochs(self, steps_per_epoch: int | None) -> float | None:
-        """The averaging window 1/(1 - decay) in epochs."""
-        if self.decay is None or not steps_per_epoch:
+        """The averaging window in epochs."""
+        window = self.window_steps
+        if window is None or not steps_per_epoch:
             return None
-        return averaging_window(self.decay) / steps_per_epoch
+        return window / steps_per_epoch
+
+    def describe(self) -> str:
+        """What kind of average this is, for the log."""
+        if not self.is_ema:
+            return "raw weights"
+        if self.sigma_rel is not None:
+            how = "reconstructed post-hoc" if self.reconstructed else "power-function"
+            return f"{how} EMA sigma_rel {self.sigma_rel:g}"
+        return f"EMA decay {self.decay}"
 
 
 def _ema_updates(ema_state: dict, state: dict, steps_per_epoch: int | None) -> tuple[int | None,
@@ -62,14 +101,64 @@ def _ema_updates(ema_state: dict, state: dict, steps_per_epoch: int | None) -> t
     return None, False
 
 
+def _from_state(name: str, ema_state: dict, state: dict, steps_per_epoch: int | None
+                ) -> WeightSet:
+    """A weight set from one EMA state (ema_state or an entry of emas)."""
+    updates, estimated = _ema_updates(ema_state, state, steps_per_epoch)
+    init_weight = ema_state.get("init_weight")
+    if ema_state.get("kind") == "phema":
+        sigma_rel = float(ema_state["sigma_rel"])
+        return WeightSet(name, ema_state["shadow"], None, updates, False,
+                         0.0 if init_weight is None else float(init_weight),
+                         float(ema_state.get("window_steps", sigma_rel * (updates or 0))),
+                         sigma_rel)
+    decay = float(ema_state.get("decay", state.get("ema_decay")))
+    return WeightSet(name, ema_state["shadow"], decay, updates, estimated,
+                     None if init_weight is None else float(init_weight))
+
+
 def weight_sets(state: dict, steps_per_epoch: int | None = None) -> dict[str, WeightSet]:
-    """All weight sets of a loaded checkpoint, `raw` first."""
+    """All weight sets of a loaded checkpoint, `raw` first, then `ema` (the primary
+    exponential EMA), the other tracked decays and the tracked power-function EMAs."""
     sets = {"raw": WeightSet("raw", state["model_state"])}
     ema_state = state.get("ema_state")
-    if ema_state:
-        updates, estimated = _ema_updates(ema_state, state, steps_per_epoch)
-        decay = float(ema_state.get("decay", state.get("ema_decay")))
-        sets["ema"] = WeightSet("ema", ema_state["shadow"], decay, updates, estimated)
+    if not ema_state:
+        return sets
+    primary = None
+    if ema_state.get("kind", "ema") == "ema":
+        sets["ema"] = _from_state("ema", ema_state, state, steps_per_epoch)
+        primary = ema_state.get("name") or ema_name(sets["ema"].decay)
+    for name, sub in (state.get("emas") or {}).items():
+        if name != primary:  # the primary is `ema` already: one evaluation per average
+            sets[name] = _from_state(name, sub, state, steps_per_epoch)
+    if ema_state.get("kind") == "phema" and ema_state.get("name") not in sets:
+        sets[ema_state["name"]] = _from_state(ema_state["name"], ema_state, state,
+                                              steps_per_epoch)
+    return sets
+
+
+def reconstructed_sets(run_dir: str | Path, epoch: int, have: dict[str, WeightSet] | None = None
+                       ) -> dict[str, WeightSet]:
+    """The post-hoc EMAs explore.posthoc reconstructed for `epoch` of a run, by name; a name the
+    checkpoint tracks itself (`have`) keeps the tracked weights (the reconstruction of a tracked
+    profile is a check of the method, not another weight set)."""
+    folder = Path(run_dir) / SNAPSHOT_DIR / "reconstructed"
+    sets: dict[str, WeightSet] = {}
+    for path in sorted(folder.glob(RECONSTRUCTED_GLOB.format(epoch=epoch))):
+        try:  # memory-mapped: the tensors are read when the set is loaded into the model
+            rec = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is named and skipped
+            log.warning("skipping unreadable post-hoc EMA %s: %s", path, e)
+            continue
+        name = rec["name"]
+        if have and name in have:
+            log.info("%s is tracked in the checkpoint: evaluating the tracked weights, not the "
+                     "reconstruction %s", name, path.name)
+            continue
+        sets[name] = WeightSet(name, rec["shadow"], None, int(rec["step"]), False,
+                               float(rec.get("init_weight", 0.0)),
+                               float(rec.get("window_steps", rec["sigma_rel"] * rec["step"])),
+                               float(rec["sigma_rel"]), reconstructed=True)
     return sets
 
 
@@ -83,6 +172,9 @@ def select(sets: dict[str, WeightSet], wanted: list[str] | None, source: str
     if missing:
         hint = (" (it was trained without EMA: ema=off)" if "ema" in missing and len(sets) == 1
                 else "")
+        if any(w.startswith("phema@") for w in missing):
+            hint += (" (post-hoc EMAs appear once reconstructed: python -m explore.posthoc "
+                     "run_dir=<run> sigma_rel=[...] epochs=all)")
         raise WeightsError(f"eval.weights asks for {missing}, but {source} holds only "
                            f"{list(sets)}{hint}")
     return [sets[w] for w in wanted]

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from explore.ema import EMA
+from explore.ema import EMA, warmup_decay
 
 
 class Tiny(nn.Module):
@@ -163,3 +163,110 @@ def test_ema_actually_moves_during_training():
     assert not torch.allclose(ema.shadow["weight"], init)
     stats = ema.delta_stats()
     assert stats["rms_delta"] > 0 and 0 < stats["share"] < 1
+
+
+# -- warm-up and bias correction (named options, off by default) -------------------------------
+def scalar_model():
+    m = nn.Module()
+    m.w = nn.Parameter(torch.zeros(()))
+    return m
+
+
+def run_scalar(ema, model, values):
+    out = []
+    for v in values:
+        with torch.no_grad():
+            model.w.fill_(v)
+        ema.update()
+        out.append(ema.shadow["w"].item())
+    return out
+
+
+def reference(values, decay_at, start=0.0, debias=False):
+    """Plain float64 loop of the module docstring's formulas."""
+    s, m, prod, out = start, 0.0, 1.0, []
+    for t, v in enumerate(values):
+        d = decay_at(t)
+        s = d * s + (1 - d) * v
+        m, prod = d * m + (1 - d) * v, prod * d
+        out.append(m / (1 - prod) if debias else s)
+    return out
+
+
+VALUES = [float(v) for v in torch.linspace(1.0, 3.0, 40) + torch.sin(torch.arange(40.0))]
+
+
+def test_warmup_rules_follow_their_formulas():
+    assert warmup_decay(None, 5, 0.999) == 0.999
+    assert warmup_decay("cap", 0, 0.999) == 0.0  # first averaged update takes the raw weights
+    assert warmup_decay("cap", 5, 0.999) == pytest.approx(6 / 15)
+    assert warmup_decay("cap", 10**6, 0.999) == 0.999  # capped at the decay
+    assert warmup_decay("power", 10, 0.999) == pytest.approx(1 - 11 ** (-2 / 3))
+    assert warmup_decay("power", 10, 0.999, inv_gamma=2, power=1) == pytest.approx(1 - 1 / 6)
+    assert warmup_decay("power", 1, 0.999, min_decay=0.5) == 0.5
+    with pytest.raises(ValueError, match="warmup"):
+        EMA(Tiny(), warmup="linear")
+    for rule in ("cap", "power"):
+        m = scalar_model()
+        ema = EMA(m, decay=0.9, warmup=rule)
+        got = run_scalar(ema, m, VALUES)
+        want = reference(VALUES, lambda t, r=rule: warmup_decay(r, t, 0.9))
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6), rule
+        assert ema.share_post_init == 1.0  # d(0) = 0 dropped the initial weights
+
+
+def test_warmup_counts_optimizer_steps_with_update_every():
+    m = scalar_model()
+    ema = EMA(m, decay=0.99, warmup="cap", update_every=2)
+    got = run_scalar(ema, m, VALUES)[1::2]  # updates at steps 2, 4, ...
+    want = reference(VALUES[1::2], lambda k: warmup_decay("cap", 2 * k, 0.99) ** 2)
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+def test_bias_correction_is_zero_init_divided_by_one_minus_decay_power():
+    m = scalar_model()
+    with torch.no_grad():
+        m.w.fill_(100.0)  # initial weights far away: the corrected EMA must not see them
+    ema = EMA(m, decay=0.9, bias_correction=True)
+    got = run_scalar(ema, m, VALUES)
+    assert got == pytest.approx(reference(VALUES, lambda t: 0.9, debias=True), rel=1e-6)
+    assert got[0] == VALUES[0]  # exactly the trained weights after one step
+    assert ema.share_post_init == 1.0 and ema.init_weight == 0.0
+    plain = EMA(scalar_model(), decay=0.9)
+    assert plain.bias_correction is False and plain.warmup is None  # off by default
+
+
+def test_options_are_off_by_default_in_config():
+    from explore.config import compose
+
+    for group in ("on", "multi"):
+        cfg = compose("train", [f"ema={group}"]).ema
+        assert cfg.warmup is None and cfg.bias_correction is False, group
+
+
+def test_resume_mid_warmup_is_exact():
+    torch.manual_seed(0)
+    m = Tiny()
+    a = EMA(m, decay=0.99, warmup="power", bias_correction=True, update_every=2, start_step=1)
+    for _ in range(7):
+        bump(m, torch.rand(()).item())
+        a.update()
+    b = EMA(m, decay=0.5)
+    b.load_state_dict(a.state_dict())
+    assert (b.warmup, b.bias_correction, b.decay_product) == ("power", True, a.decay_product)
+    for _ in range(9):
+        bump(m, torch.rand(()).item())
+        a.update()
+        b.update()
+    for k, v in a.shadow.items():
+        assert torch.equal(v, b.shadow[k]), k
+
+
+def test_old_states_without_decay_product_get_decay_power_n():
+    m = Tiny()
+    ema = EMA(m, decay=0.9)
+    state = {k: v for k, v in EMA(m, decay=0.9).state_dict().items()
+             if k not in ("decay_product", "init_weight")}
+    state["num_updates"] = 5
+    ema.load_state_dict(state)
+    assert ema.share_post_init == pytest.approx(1 - 0.9**5)

@@ -256,3 +256,58 @@ def test_corrupt_zip_is_a_heatmap_error_not_zipfile(tmp_path):
         z.writestr("format.npy", b"\x93NUMPY broken")
     with pytest.raises(HeatmapFileError, match="x.npz"):
         Heatmap.load(path)
+
+
+# -- the written-out forward-mode pass for LiftUNet (explore.heatmap._tangents_lift_unet) ---------
+
+
+def _chunk(model, schedule, images, cells=((0, 0), (3, 1)), probes=2):
+    x_lo = F.interpolate(images, scale_factor=0.5, mode="bilinear", align_corners=False)
+    return hm_mod._chunk_inputs(schedule, images, x_lo, grid_timesteps(GRID), list(cells), SEED,
+                                probes)
+
+
+@pytest.mark.parametrize("attn_min_ch", [8, 16])  # attention at every level / bottleneck only
+def test_written_out_jvp_equals_torch_func(schedule, images, attn_min_ch):
+    torch.manual_seed(1)
+    model = LiftUNet(hidden_dims=[8, 16], image_size=16, attn_min_ch=attn_min_ch).eval()
+    assert hm_mod._fast_path_supported(model)
+    inputs = _chunk(model, schedule, images)
+    with hm_mod.inference_context(model):
+        want = hm_mod._tangents_functorch(model, *inputs)
+        got_hi, got_lo, (eps_hi, eps_lo) = hm_mod._tangents_lift_unet(model, *inputs,
+                                                                      return_primal=True)
+        ref_hi, ref_lo = model(*inputs[:4])
+    for got, ref in ((got_hi, want[0]), (got_lo, want[1]), (eps_hi, ref_hi), (eps_lo, ref_lo)):
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_written_out_jvp_only_for_models_it_mirrors(tiny_model):
+    class Changed(LiftUNet):
+        def forward(self, x_hi, x_lo, t_hi, t_lo):
+            eps_hi, eps_lo = super().forward(x_hi, x_lo, t_hi, t_lo)
+            return 2 * eps_hi, eps_lo
+
+    assert hm_mod._fast_path_supported(tiny_model)
+    assert not hm_mod._fast_path_supported(Changed([8, 16], 16, 16))
+    assert not hm_mod._fast_path_supported(LinearLift())
+    odd = LiftUNet([8, 16], 16, 16)
+    odd.final_conv[1] = nn.GELU()
+    assert not hm_mod._fast_path_supported(odd)
+
+
+def test_mismatching_fast_path_falls_back_to_torch_func(batched, tiny_model, schedule, images,
+                                                       monkeypatch, caplog):
+    real = hm_mod._tangents_lift_unet
+
+    def wrong(*args, **kw):  # as if explore.models had changed under the written-out pass
+        out = real(*args, **kw)
+        return (2 * out[0], *out[1:])
+
+    monkeypatch.setattr(hm_mod, "_tangents_lift_unet", wrong)
+    with caplog.at_level("WARNING", logger="explore.heatmap"):
+        again = _run(tiny_model, schedule, images)
+    assert "does not match" in caplog.text
+    np.testing.assert_allclose(again.error_64, batched.error_64, rtol=1e-5)
+    np.testing.assert_allclose(again.error_32, batched.error_32, rtol=1e-5)

@@ -1,0 +1,78 @@
+"""What one job of the study does, in its own process: train a run, or evaluate it.
+
+These are plain functions that submitit pickles and calls in the job process (local or on a
+SLURM node). Each composes its config from conf/ with the study's overrides, so a job is the
+same as typing `python -m explore.train ...` / `python -m explore.evaluate ...` by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .pool import Slot
+
+STAGE_FILE = "stage.json"  # <run>/stage.json: which stage the run's current job is in
+
+
+def write_stage(run_dir: Path, stage: str) -> None:
+    from explore.files import write_text
+
+    write_text(Path(run_dir) / STAGE_FILE, json.dumps({"stage": stage}))
+
+
+def read_stage(run_dir: Path) -> str | None:
+    try:
+        return json.loads((Path(run_dir) / STAGE_FILE).read_text())["stage"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _setup(run_dir: Path, slot: Slot, log_name: str | None) -> None:
+    """Threads of the slot, and logging to stdout (submitit's <run>/logs/<job>_0_log.out) and,
+    for training, to <run>/train.log as a plain `python -m explore.train` run has it."""
+    import torch
+
+    torch.set_num_threads(max(1, slot.threads))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_name:
+        handlers.append(logging.FileHandler(run_dir / log_name))
+    for h in handlers:
+        h.setFormatter(fmt)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.handlers = handlers
+
+
+def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
+    """Train (or resume) one run of the study."""
+    from explore.config import compose
+    from explore.train import train
+
+    run = Path(run_dir)
+    _setup(run, slot, "train.log")
+    write_stage(run, "training")
+    cfg = compose("train", list(overrides) + [f"device={slot.device_arg}", "resume=true",
+                                              "trainer.progress=false"])
+    train(cfg, run)
+    write_stage(run, "trained")
+    return run_dir
+
+
+def eval_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
+    """Evaluate every checkpoint of one run (finished rows are kept)."""
+    from explore.config import compose
+    from explore.evaluate import evaluate
+
+    run = Path(run_dir)
+    _setup(run, slot, None)  # evaluate() logs to <run>/eval/evaluate.log itself
+    write_stage(run, "evaluating")
+    cfg = compose("evaluate", list(overrides) + [f"run_dir={run}", f"device={slot.device_arg}",
+                                                 "progress=false"])
+    out = evaluate(cfg)
+    write_stage(run, "done")
+    return str(out)

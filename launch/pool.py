@@ -1,0 +1,209 @@
+"""Device slots for jobs on one machine, and a queue that runs submitit jobs on them.
+
+submitit's LocalExecutor starts every job at once and gives all of them the same GPUs. The
+`DeviceQueue` here keeps one job per slot: a job waits until a slot is free, then starts as a
+LocalExecutor job whose CUDA_VISIBLE_DEVICES is that slot's GPU (inside the job it is cuda:0)
+or empty for a CPU slot, with the slot's share of CPU threads. Local and SLURM jobs then look
+the same to the study (`Ticket`: submitted, polled, result or error with its log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from explore.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Slot:
+    kind: str       # "cuda" or "cpu"
+    index: int      # physical GPU index, or the number of the CPU slot
+    threads: int    # CPU threads the job may use
+
+    @property
+    def label(self) -> str:
+        return f"cuda:{self.index}" if self.kind == "cuda" else f"cpu#{self.index}"
+
+    @property
+    def device_arg(self) -> str:
+        """The job's `device=`: its one visible GPU is cuda:0 inside the job."""
+        return "0" if self.kind == "cuda" else "cpu"
+
+    def env(self) -> dict[str, str]:
+        return {"CUDA_VISIBLE_DEVICES": str(self.index) if self.kind == "cuda" else "",
+                "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+
+
+def visible_gpus() -> list[int]:
+    """Physical indices of the GPUs this process may use (honouring CUDA_VISIBLE_DEVICES)."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver is "no GPU" for scheduling purposes
+        count = 0
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask:
+        ids = [int(x) for x in mask.split(",") if x.strip().isdigit()]
+        return ids[:count]
+    return list(range(count))
+
+
+def make_slots(devices, cpu_jobs: int | None = None, cores: int | None = None) -> list[Slot]:
+    """Slots from a device setting: auto (every visible GPU, else the CPU), cpu, an index, or a
+    list of GPU indices. CPU: `cpu_jobs` at once (default: one per two cores), the cores split
+    between them."""
+    cores = cores or os.cpu_count() or 1
+    spec = devices
+    if spec is None or str(spec).lower() == "auto":
+        gpus = visible_gpus()
+        spec = gpus if gpus else "cpu"
+    if isinstance(spec, str) and spec.lower() == "cpu":
+        n = int(cpu_jobs) if cpu_jobs else max(1, cores // 2)
+        if n < 1:
+            raise ConfigError(f"study.cpu_jobs={cpu_jobs} must be >= 1")
+        threads = max(1, cores // n)
+        return [Slot("cpu", k, threads) for k in range(n)]
+    if isinstance(spec, (int, str)):
+        spec = [spec]
+    try:
+        wanted = [int(str(d).removeprefix("cuda:")) for d in spec]
+    except ValueError as e:
+        raise ConfigError(f"devices={devices!r}: use auto, cpu, or GPU indices like [0,1]") from e
+    have = visible_gpus()
+    missing = [d for d in wanted if d not in have]
+    if missing:
+        raise ConfigError(f"devices={devices!r} asks for GPU(s) {missing}, but this machine "
+                          f"shows {have or 'no GPU'}; use device=cpu or existing indices")
+    if len(set(wanted)) != len(wanted):
+        raise ConfigError(f"devices={devices!r} lists a GPU twice")
+    threads = max(1, cores // len(wanted))
+    return [Slot("cuda", d, threads) for d in wanted]
+
+
+@dataclass
+class Ticket:
+    """One job: what to run, and what became of it."""
+
+    name: str
+    fn: Callable
+    args: tuple
+    folder: Path                 # submitit's folder: the job's logs live here
+    pin: int | None = None       # run only on this GPU
+    state: str = "queued"        # queued, running, done, failed, cancelled
+    slot: Slot | None = None
+    job: object = None
+    result: object = None
+    error: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path | None:
+        job = self.job
+        if job is None:
+            return None
+        return Path(job.paths.stderr)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+
+class DeviceQueue:
+    """Run tickets as submitit LocalExecutor jobs, one per free slot, in order of submission."""
+
+    def __init__(self, slots: Sequence[Slot], timeout_min: float = 7 * 24 * 60):
+        if not slots:
+            raise ConfigError("no device slots to run jobs on")
+        self.slots = list(slots)
+        self.free = list(slots)
+        self.timeout_min = timeout_min
+        self.tickets: list[Ticket] = []
+
+    def submit(self, ticket: Ticket) -> Ticket:
+        if ticket.pin is not None and not any(s.kind == "cuda" and s.index == ticket.pin
+                                              for s in self.slots):
+            raise ConfigError(f"job {ticket.name} asks for GPU {ticket.pin}, which is not in "
+                              f"the device pool {[s.label for s in self.slots]}")
+        self.tickets.append(ticket)
+        self.poll()
+        return ticket
+
+    def _take_slot(self, ticket: Ticket) -> Slot | None:
+        for slot in self.free:
+            if ticket.pin is None or (slot.kind == "cuda" and slot.index == ticket.pin):
+                self.free.remove(slot)
+                return slot
+        return None
+
+    def _start(self, ticket: Ticket, slot: Slot) -> None:
+        import submitit
+
+        ex = submitit.LocalExecutor(folder=ticket.folder)
+        params = {"timeout_min": self.timeout_min}
+        if slot.kind == "cuda":
+            params.update(gpus_per_node=1, visible_gpus=[slot.index])
+        ex.update_parameters(**params)
+        # the controller copies os.environ at submission: set the slot's threads for the job
+        with _env({k: v for k, v in slot.env().items() if k != "CUDA_VISIBLE_DEVICES"}):
+            ticket.job = ex.submit(ticket.fn, *ticket.args, slot)
+        ticket.slot, ticket.state, ticket.started = slot, "running", time.time()
+
+    def poll(self) -> list[Ticket]:
+        """Collect finished jobs, start queued ones on free slots; return tickets that ended."""
+        ended = []
+        for t in self.tickets:
+            if t.state == "running" and t.job.done():
+                _collect(t)
+                self.free.append(t.slot)
+                ended.append(t)
+        for t in self.tickets:
+            if t.state == "queued":
+                slot = self._take_slot(t)
+                if slot is not None:
+                    self._start(t, slot)
+        return ended
+
+    def cancel_all(self) -> None:
+        for t in self.tickets:
+            if t.state == "running":
+                with contextlib.suppress(Exception):
+                    t.job.cancel(check=False)
+            if not t.finished:
+                t.state = "cancelled"
+
+    @property
+    def busy(self) -> bool:
+        return any(not t.finished for t in self.tickets)
+
+
+def _collect(t: Ticket) -> None:
+    t.ended = time.time()
+    try:
+        t.result = t.job.result()
+        t.state = "done"
+    except Exception as e:  # submitit raises FailedJobError / UncompletedJobError
+        t.state = "failed"
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        t.error = lines[-1] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

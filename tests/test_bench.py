@@ -1,0 +1,198 @@
+"""explore.bench: the whole bench on tiny models, in-process; the JSON schema, not the timings.
+
+Nothing here asserts a speed: timings on a shared CI machine say nothing. What is checked is that
+every field is there, every time and ratio is a positive number, and the correctness checks the
+bench makes along the way (identical DP paths and costs, heatmap and sampling agreement) hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from explore import bench
+from explore.bench import BenchConfig, ModelSize
+
+TINY = ModelSize((8, 16), 16, 16)
+STATS = {"median_s", "min_s", "max_s", "reps", "times_s"}
+TOP = {"schema", "command", "preset", "created", "device", "torch_version", "threads", "machine",
+       "config", "notes", "train", "ema", "heatmap", "dp", "sampling", "peak_memory", "targets",
+       "wall_seconds"}
+MACHINE = {"hostname", "platform", "cpu", "cpu_count", "python", "torch", "cuda", "cudnn", "gpu",
+           "load_average", "load_average_end"}
+OPTIONS = ("bf16", "channels_last", "fused_adamw")
+SKIPPED_OPTIONS = ("compile", "bf16_channels_last_fused_compile")
+TARGETS = {
+    "EMA update vs naive (CPU)", "EMA share of a training step",
+    "DP vs nested loops, same path and cost", "heatmap vs per-cell, per-probe loop",
+    *(f"{what} {kind} {rest}" for kind in ("baseline", "lift") for what, rest in (
+        ("training", "vs naive fp32 loop (CPU)"), ("sampling", "vs naive loop (CPU)"),
+        ("training", "bf16 vs fp32 images/s (GPU)"))),
+}
+
+
+def tiny_config(**kw) -> BenchConfig:
+    cfg = bench.preset_config(quick=True, device=torch.device("cpu"), threads=1)
+    base = dict(preset="tiny", reps=2, warmup=1, ema_size=TINY, train_size=TINY, train_batch=2,
+                train_reps=2, train_warmup=0, heatmap_size=TINY, heatmap_grid=2,
+                heatmap_probes=2, heatmap_batch=2, heatmap_reps=1,
+                heatmap_extra={"size": {"hidden_dims": [8, 16], "image_size": 16,
+                                        "attn_min_ch": 8}, "grid": 1, "batch": 1, "probes": 1,
+                               "reps": 1},
+                dp_grid=8, dp_steps=6, dp_max_jump=2, sample_size=TINY, sample_images=2,
+                sample_steps=3, sample_reps=2)
+    return BenchConfig(**{**cfg.__dict__, **base, **kw})
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    out = bench.run_bench(tiny_config(), command="pytest", log=lambda _: None)
+    # what --out writes must be strict JSON (no NaN/inf) and survive a round trip
+    return json.loads(json.dumps(out, allow_nan=False, default=str))
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _check_stats(st: dict, reps: int) -> None:
+    assert STATS <= set(st), set(st)
+    assert st["reps"] == reps == len(st["times_s"])
+    assert all(_positive(st[k]) for k in ("median_s", "min_s", "max_s"))
+    assert st["min_s"] <= st["median_s"] <= st["max_s"]
+
+
+def _check_throughput(st: dict) -> None:
+    ips = st["images_per_s"]
+    assert {"median", "min", "max", "images_per_call"} <= set(ips)
+    assert all(_positive(ips[k]) for k in ("median", "min", "max"))
+    assert ips["min"] <= ips["median"] <= ips["max"]
+
+
+def test_top_level_and_machine(result):
+    assert TOP <= set(result)
+    assert result["schema"] == bench.SCHEMA and result["device"] == "cpu"
+    assert result["torch_version"] == torch.__version__ and result["threads"] == 1
+    assert MACHINE <= set(result["machine"])
+    assert _positive(result["wall_seconds"])
+    assert any("no GPU" in n for n in result["notes"])
+    pm = result["peak_memory"]
+    assert {"cuda_max_memory_allocated_bytes", "process_peak_rss_bytes", "note"} <= set(pm)
+    assert pm["cuda_max_memory_allocated_bytes"] is None  # a CPU run
+    assert pm["process_peak_rss_bytes"] is None or pm["process_peak_rss_bytes"] > 0
+
+
+def test_ema_section(result):
+    ema = result["ema"]
+    for name in ("harness", "naive"):
+        _check_stats(ema[name], 2)
+    assert _positive(ema["ratio"]) and _positive(ema["train_step_s"])
+    assert 0 < ema["step_share_percent"] < 100  # the step includes the update
+    assert ema["config"]["parameters"] > 0 and ema["config"]["decay"] == bench.EMA_DECAY
+    assert "train section" in ema["train_step_source"]  # same size: reuses the train figure
+
+
+def test_train_section(result):
+    tr = result["train"]
+    assert tr["config"]["batch"] == 2
+    for kind in ("baseline", "lift"):
+        res = tr[kind]
+        for name in ("harness", "naive", *OPTIONS):
+            assert "error" not in res[name], res[name]
+            _check_stats(res[name], 2)
+            _check_throughput(res[name])
+        assert _positive(res["ratio_harness_vs_naive"])
+        for opt in OPTIONS:
+            assert _positive(res[opt]["ratio_vs_harness_fp32"])
+        for opt in SKIPPED_OPTIONS:  # present, with the reason
+            assert res[opt]["skipped"]
+
+
+def test_heatmap_section(result):
+    hm = result["heatmap"]
+    assert _positive(hm["ratio"])
+    for key, cells, reps in (("main", 4, 1), ("extra", 1, 1)):
+        h = hm[key]
+        assert h["config"]["cells"] == cells
+        assert h["config"]["tangents"] == "written-out LiftUNet forward-mode pass"
+        for name in ("harness", "naive"):
+            _check_stats(h[name], reps)
+            assert _positive(h[name]["per_cell_s"]) and _positive(h[name]["projected_30x30_s"])
+            assert "memory" in h[name]
+        assert _positive(h["ratio"])
+        assert h["max_rel_diff"] < 1e-3  # the harness and the naive loop compute the same map
+
+
+def test_dp_section(result):
+    dp = result["dp"]
+    for name in ("harness", "naive"):
+        _check_stats(dp[name], 2)
+    assert _positive(dp["ratio"])
+    assert dp["paths_identical"] is True and dp["costs_identical"] is True
+    assert dp["path"][0] == [0, 0] and dp["path"][-1] == [7, 7] and len(dp["path"]) == 7
+    assert _positive(dp["cost"])
+
+
+def test_sampling_section(result):
+    sp = result["sampling"]
+    assert sp["config"]["images"] == 2 and sp["config"]["steps"] == 3
+    for kind in ("baseline", "lift"):
+        res = sp[kind]
+        for name in ("harness", "naive"):
+            _check_stats(res[name], 2)
+            _check_throughput(res[name])
+            assert "memory" in res[name]
+        assert _positive(res["ratio"])
+        # same starting noise, same DDIM: the images agree up to float rounding
+        assert res["max_abs_diff_uint8"] <= 2
+
+
+def test_targets(result):
+    rows = {t["target"]: t for t in result["targets"]}
+    assert set(rows) == TARGETS
+    for t in rows.values():
+        assert {"measured", "rule", "holds"} <= set(t)
+        assert t["holds"] in (True, False, None)
+        assert t["measured"] is None or _positive(t["measured"])
+    assert rows["training baseline bf16 vs fp32 images/s (GPU)"]["holds"] is None  # CPU run
+    assert rows["DP vs nested loops, same path and cost"]["holds"] in (True, False)
+
+
+def test_markdown_table(result):
+    text = bench.markdown(result)
+    assert "| measurement | configuration | harness |" in text
+    for row in ("| EMA update |", "| train lift |", "| heatmap |", "| DP path |",
+                "| sampling baseline |", "| target | measured |"):
+        assert row in text, row
+
+
+def test_cli_only_dp_writes_json(tmp_path, capsys):
+    out = tmp_path / "sub" / "bench.json"
+    assert bench.main(["--quick", "--device", "cpu", "--only", "dp", "--reps", "1",
+                       "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert TOP <= set(data)
+    assert data["preset"] == "quick" and data["command"].startswith("python -m explore.bench")
+    for name in ("train", "ema", "heatmap", "sampling"):
+        assert data[name] == {"skipped": "not selected (--only)"}
+    assert data["dp"]["paths_identical"] is True and data["dp"]["config"]["grid"] == 30
+    assert "| DP path |" in capsys.readouterr().out
+
+
+def test_presets_and_arguments():
+    cpu = torch.device("cpu")
+    full = bench.preset_config(quick=False, device=cpu, threads=2)
+    assert full.ema_size == ModelSize() and full.train_size == ModelSize()  # reference size
+    assert full.heatmap_extra is not None and "compile" in full.skipped_options
+    assert bench.preset_config(False, cpu, 2, compile_on_cpu=True).train_options[-1] == \
+        "bf16_channels_last_fused_compile"
+    gpu = bench.preset_config(quick=False, device=torch.device("cuda:0"), threads=2)
+    assert gpu.train_batch == 64 and gpu.heatmap_grid == 30 and gpu.heatmap_size == ModelSize()
+    assert "compile" in gpu.train_options and not gpu.skipped_options
+    with pytest.raises(SystemExit, match="unknown section"):
+        bench.config_from_args(bench.parse_args(["--only", "ema,nope", "--device", "cpu"]))
+    with pytest.raises(SystemExit, match="--reps"):
+        bench.config_from_args(bench.parse_args(["--reps", "0", "--device", "cpu"]))
