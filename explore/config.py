@@ -39,6 +39,23 @@ def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
+def build(node, **kwargs):
+    """`hydra.utils.instantiate`, but our own errors (a missing data folder, a bad decay) come
+    out as themselves, not wrapped in Hydra's InstantiationException, and Hydra's own
+    (an unknown argument, a bad _target_) as a ConfigError naming the config node."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from .errors import ConfigError, UserError
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise ConfigError(str(e)) from e
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain containers (for checkpoints and config.yaml)."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)

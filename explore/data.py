@@ -140,12 +140,17 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
     return TF.center_crop(x, [image_size, image_size])
 
 
-def folder(root: str, image_size: int = 64, workers: int | None = None,
-           progress: bool = True) -> ImageSet:
-    """Every image under `root` (recursively), decoded once into memory."""
+def folder(root: str, image_size: int = 64, num_images: int | None = None,
+           workers: int | None = None, progress: bool = True) -> ImageSet:
+    """Every image under `root` (recursively), decoded once into memory; with `num_images`,
+    the first that many in sorted path order (a fixed subset for quick runs)."""
     if not root:
         raise DataError("data=folder needs data.root=/path/to/images")
     files = list_images(root)
+    if num_images is not None:
+        if int(num_images) < 1:
+            raise DataError(f"data.num_images={num_images} must be >= 1 (or null: all)")
+        files = files[:int(num_images)]
     workers = workers or min(8, os.cpu_count() or 1)
     from tqdm import tqdm
 
@@ -162,8 +167,8 @@ def folder(root: str, image_size: int = 64, workers: int | None = None,
 
 # -- AFHQv2 from the hub -----------------------------------------------------------------------
 def afhq(image_size: int = 64, split: str = "train", repo: str = "huggan/AFHQv2",
-         progress: bool = True) -> ImageSet:
-    """AFHQv2 from the HuggingFace hub, prepared like `folder`."""
+         num_images: int | None = None, progress: bool = True) -> ImageSet:
+    """AFHQv2 from the HuggingFace hub, prepared like `folder` (`num_images`: the first N)."""
     hint = ("Without a reachable hub, download AFHQv2 once (e.g. the 'train' folder of "
             "huggan/AFHQv2 or the StarGAN-v2 AFHQ release) and run with data=folder "
             "data.root=/path/to/afhq")
@@ -181,6 +186,8 @@ def afhq(image_size: int = 64, split: str = "train", repo: str = "huggan/AFHQv2"
     from tqdm import tqdm
 
     images = []
+    if num_images is not None:
+        ds = ds.select(range(min(int(num_images), len(ds))))
     for row in tqdm(ds, desc=f"preparing {repo}", disable=not progress, unit="img"):
         x = TF.pil_to_tensor(row["image"].convert("RGB"))
         x = TF.center_crop(TF.resize(x, image_size, antialias=True), [image_size, image_size])

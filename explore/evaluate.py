@@ -28,12 +28,11 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
 from . import fid as fidlib
-from .config import register_resolvers
+from .config import build, register_resolvers
 from .data import ImageSet, grid_image, subset
 from .devices import resolve_device
 from .diffusion import CosineSchedule
@@ -91,14 +90,14 @@ def build_model(state: dict, cfg: DictConfig, source: Path) -> torch.nn.Module:
     with the original study's `hidden_dims` when the checkpoint records them."""
     run_cfg = state.get("config")
     if run_cfg and run_cfg.get("model"):
-        return instantiate(run_cfg["model"])
+        return build(run_cfg["model"])
     if not cfg.get("model") or not cfg.model.get("_target_"):
         raise ConfigError(f"{source} does not say which model it holds: add model=lift or "
                           f"model=baseline")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if "hidden_dims" in state:
         model_cfg["hidden_dims"] = list(state["hidden_dims"])
-    return instantiate(model_cfg)
+    return build(model_cfg)
 
 
 def load_data(state: dict, cfg: DictConfig) -> tuple[ImageSet, dict]:
@@ -110,7 +109,7 @@ def load_data(state: dict, cfg: DictConfig) -> tuple[ImageSet, dict]:
             raise ConfigError("the checkpoint does not say what it was trained on: add "
                               "data=folder data.root=/path/to/training/images (or data=afhq)")
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    return instantiate(data_cfg), data_cfg
+    return build(data_cfg), data_cfg
 
 
 def resolve_extractor(name: str, data_cfg: dict) -> str:

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
-from .config import register_resolvers, to_plain
+from .config import build, register_resolvers, to_plain
 from .data import DataError, ImageSet, to_float
 from .devices import resolve_device
 from .diffusion import CosineSchedule, loss_fn_for
@@ -213,8 +212,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
                               f"was trained with: {'; '.join(diffs)}. Start a new run folder "
                               f"for a different experiment.")
 
-    data: ImageSet = instantiate(cfg.data)
-    model = instantiate(cfg.model).to(device)
+    data: ImageSet = build(cfg.data)
+    model = build(cfg.model).to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(data) // cfg.trainer.batch_size
@@ -222,12 +221,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
         raise DataError(f"{data.name} has {len(data)} images, fewer than one batch of "
                         f"trainer.batch_size={cfg.trainer.batch_size}")
     epochs = int(cfg.trainer.epochs)
-    optimizer = instantiate(cfg.optim.optimizer)(params=model.parameters())
+    optimizer = build(cfg.optim.optimizer)(params=model.parameters())
     scheduler = build_lr_schedule(optimizer, cfg.optim.lr_schedule, epochs * steps_per_epoch,
                                   int(cfg.optim.warmup_steps))
     precision = PRECISIONS[str(cfg.trainer.precision)]
     scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
-    ema: EMA | None = instantiate(cfg.ema, model=model) if ema_enabled(cfg) else None
+    ema: EMA | None = build(cfg.ema, model=model) if ema_enabled(cfg) else None
     if ema is not None:  # a post-hoc EMA writes its snapshots to <run>/phema/
         ema.bind(run_dir, epochs * steps_per_epoch)
     state = RunState()

@@ -56,9 +56,13 @@ def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     run = Path(run_dir)
     _setup(run, slot, "train.log")
     write_stage(run, "training")
-    cfg = compose("train", list(overrides) + [f"device={slot.device_arg}", "resume=true",
-                                              "trainer.progress=false"])
-    train(cfg, run)
+    try:
+        cfg = compose("train", list(overrides) + [f"device={slot.device_arg}", "resume=true",
+                                                  "trainer.progress=false"])
+        train(cfg, run)
+    except Exception as e:  # into <run>/train.log too, then submitit marks the job failed
+        logging.getLogger("launch.jobs").error("training failed: %s: %s", type(e).__name__, e)
+        raise
     write_stage(run, "trained")
     return run_dir
 
@@ -71,8 +75,12 @@ def eval_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     run = Path(run_dir)
     _setup(run, slot, None)  # evaluate() logs to <run>/eval/evaluate.log itself
     write_stage(run, "evaluating")
-    cfg = compose("evaluate", list(overrides) + [f"run_dir={run}", f"device={slot.device_arg}",
-                                                 "progress=false"])
-    out = evaluate(cfg)
+    try:
+        cfg = compose("evaluate", list(overrides) + [f"run_dir={run}",
+                                                     f"device={slot.device_arg}", "progress=false"])
+        out = evaluate(cfg)
+    except Exception as e:
+        logging.getLogger("launch.jobs").error("evaluation failed: %s: %s", type(e).__name__, e)
+        raise
     write_stage(run, "done")
     return str(out)

@@ -191,8 +191,18 @@ def _collect(t: Ticket) -> None:
         t.state = "done"
     except Exception as e:  # submitit raises FailedJobError / UncompletedJobError
         t.state = "failed"
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        t.error = lines[-1] if lines else type(e).__name__
+        t.error = _last_error_line(str(e)) or type(e).__name__
+
+
+def _last_error_line(text: str) -> str | None:
+    """The exception line of a submitit failure: its message is the job's traceback between
+    two dashed rules, followed by the log paths."""
+    lines = [ln.rstrip() for ln in text.strip().splitlines() if ln.strip()]
+    rules = [i for i, ln in enumerate(lines) if ln.startswith("-----")]
+    if len(rules) >= 2 and rules[1] > rules[0] + 1:
+        return lines[rules[1] - 1].strip()
+    errors = [ln for ln in lines if not ln.startswith((" ", "-", "You can"))]
+    return errors[-1].strip() if errors else None
 
 
 @contextlib.contextmanager

@@ -136,9 +136,9 @@ def describe(run: Run) -> str:
 class Progress:
     """One line per run, redrawn in place on a terminal, printed on change otherwise."""
 
-    def __init__(self, runs: list[Run], stream=sys.stdout):
-        self.runs, self.stream = runs, stream
-        self.tty = stream.isatty()
+    def __init__(self, runs: list[Run], stream=None):
+        self.runs, self.stream = runs, stream or sys.stdout
+        self.tty = self.stream.isatty()
         self.last: dict[str, str] = {}
         self.drawn = 0
         self.width = max(len(r.name) for r in runs)

@@ -25,6 +25,10 @@ def test_folder_reads_recursively_resizes_and_crops(tmp_path):
     ds = folder(str(tmp_path), image_size=16, progress=False)
     assert ds.images.shape == (2, 3, 16, 16) and ds.images.dtype == torch.uint8
     assert ds.images[0, 0].float().mean() > 200  # the red one, sorted first
+    first = folder(str(tmp_path), image_size=16, num_images=1, progress=False)
+    assert torch.equal(first.images, ds.images[:1]) and first.name != ds.name
+    with pytest.raises(DataError, match="num_images=0"):
+        folder(str(tmp_path), image_size=16, num_images=0, progress=False)
 
 
 def test_folder_errors_name_the_path(tmp_path):

@@ -1,0 +1,240 @@
+"""The launcher: device slots and queueing, the whole study (resume, failures), and Hydra
+multiruns through hydra/launcher=local_devices. Jobs are real submitit LocalExecutor processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from explore.config import compose
+from explore.errors import ConfigError
+from hydra_plugins.local_devices_launcher.launcher import device_pin, with_slot
+from launch import pool
+from launch.pool import DeviceQueue, Slot, Ticket, make_slots
+from launch.study import run_study, split_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+# the job functions below live in this test module, which the job processes cannot import:
+# submitit pickles with cloudpickle, so ship them by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+# the smallest study that still trains, evaluates raw and EMA weights and reports
+TINY_STUDY = [
+    "experiment=smoke", "device=cpu", "model.hidden_dims=[8,16]", "model.image_size=16",
+    "model.attn_min_ch=16", "data.num_images=64", "trainer.batch_size=16", "trainer.epochs=2",
+    "eval.num_images=24", "eval.num_steps=4", "eval.batch_size=12", "eval.heatmap.grid_size=4",
+    "eval.heatmap.num_probes=1", "eval.heatmap.num_images=2", "study.cpu_jobs=2",
+]
+
+
+def _job(seconds: float, slot: Slot) -> dict:
+    """A job that reports where and when it ran."""
+    start = time.time()
+    time.sleep(seconds)
+    return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "omp": os.environ.get(
+        "OMP_NUM_THREADS"), "slot": slot.label, "start": start, "end": time.time()}
+
+
+def _fail(slot: Slot) -> None:
+    raise ValueError("this job fails on purpose")
+
+
+def _wait(queue: DeviceQueue, limit_s: float = 120) -> None:
+    end = time.time() + limit_s
+    while queue.busy:
+        assert time.time() < end, "jobs did not finish"
+        queue.poll()
+        time.sleep(0.1)
+
+
+def test_cpu_slots_default_to_one_job_per_two_cores():
+    slots = make_slots("cpu", cores=8)
+    assert [s.label for s in slots] == ["cpu#0", "cpu#1", "cpu#2", "cpu#3"]
+    assert {s.threads for s in slots} == {2}
+    assert len(make_slots("cpu", cpu_jobs=3, cores=8)) == 3
+    assert make_slots("cpu", cores=1)[0].threads == 1
+
+
+def test_gpu_slots_and_missing_gpu(monkeypatch):
+    monkeypatch.setattr(pool, "visible_gpus", lambda: [0, 1, 2, 3])
+    slots = make_slots([1, 3], cores=8)
+    assert [(s.label, s.device_arg, s.env()["CUDA_VISIBLE_DEVICES"]) for s in slots] == [
+        ("cuda:1", "0", "1"), ("cuda:3", "0", "3")]
+    assert [s.index for s in make_slots("auto", cores=8)] == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match=r"GPU\(s\) \[7\]"):
+        make_slots([0, 7])
+    with pytest.raises(ConfigError, match="twice"):
+        make_slots([1, 1])
+    monkeypatch.setattr(pool, "visible_gpus", lambda: [])
+    assert make_slots("auto", cores=4)[0].kind == "cpu"
+
+
+def test_queue_runs_jobs_on_distinct_devices_and_queues_the_rest(tmp_path):
+    # two (fake) GPUs, five jobs: never more than two at once, never two on one GPU
+    slots = [Slot("cuda", 0, 1), Slot("cuda", 1, 1)]
+    queue = DeviceQueue(slots)
+    tickets = [queue.submit(Ticket(f"job{k}", _job, (1.0,), tmp_path / f"job{k}"))
+               for k in range(5)]
+    assert sum(t.state == "running" for t in tickets) == 2
+    assert sum(t.state == "queued" for t in tickets) == 3
+    pinned = queue.submit(Ticket("pinned", _job, (0.1,), tmp_path / "pinned", pin=1))
+    _wait(queue)
+    results = [t.result for t in tickets + [pinned]]
+    assert all(t.state == "done" for t in tickets + [pinned])
+    for r in results:  # the job saw exactly its slot's GPU
+        assert r["cuda"] == r["slot"].removeprefix("cuda:")
+        assert r["omp"] == "1"
+    assert pinned.result["cuda"] == "1"
+    for a in results:  # jobs that overlapped in time ran on different GPUs
+        overlapping = [b for b in results if b is not a and b["start"] < a["end"]
+                       and a["start"] < b["end"]]
+        assert len(overlapping) <= 1
+        assert all(b["cuda"] != a["cuda"] for b in overlapping)
+    with pytest.raises(ConfigError, match="GPU 5"):
+        queue.submit(Ticket("nowhere", _job, (0,), tmp_path / "x", pin=5))
+
+
+def test_failed_job_is_reported_with_its_log(tmp_path):
+    queue = DeviceQueue([Slot("cpu", 0, 1)])
+    bad = queue.submit(Ticket("bad", _fail, (), tmp_path / "bad"))
+    good = queue.submit(Ticket("good", _job, (0.1,), tmp_path / "good"))
+    _wait(queue)
+    assert bad.state == "failed" and good.state == "done"  # the others still run
+    assert "fails on purpose" in bad.error
+    assert "fails on purpose" in Path(bad.log_path).read_text()
+
+
+def test_overrides_are_split_between_training_and_evaluation():
+    train, evaluate = split_overrides(["experiment=smoke", "device=cpu", "trainer.epochs=3",
+                                       "eval.num_images=64", "study.seeds=[0,1]",
+                                       "launcher=slurm", "data.num_images=100"])
+    assert train == ["experiment=smoke", "device=cpu", "trainer.epochs=3", "data.num_images=100"]
+    assert evaluate == ["experiment=smoke", "device=cpu", "eval.num_images=64"]
+
+
+def test_multirun_devices_are_rewritten_to_the_slot():
+    assert device_pin(["model=lift", "device=2"]) == (2, False)
+    assert device_pin(["device=cuda:3"]) == (3, False)
+    assert device_pin(["device=cpu"]) == (None, True)
+    assert device_pin(["model=lift"]) == (None, False)
+    # inside the job the pinned GPU is the only one visible: cuda:0
+    assert with_slot(["model=lift", "device=2"], Slot("cuda", 2, 4)) == ["model=lift", "device=0"]
+    assert with_slot(["model=lift"], Slot("cpu", 1, 1)) == ["model=lift", "device=cpu"]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _study(tmp_path, *extra):
+    overrides = TINY_STUDY + [f"study.out={tmp_path}",
+                              f"eval.fid.cache_root={tmp_path / 'fidcache'}", *extra]
+    return compose("launch_study", overrides), overrides
+
+
+@pytest.mark.slow
+def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
+    cfg, overrides = _study(tmp_path)
+    report, runs = run_study(cfg, overrides, poll_s=0.2)
+    assert [r.state for r in runs] == ["done", "done"]
+    study = tmp_path / "smoke"
+    assert report == study / "report" / "report.md" and report.is_file()
+    text = report.read_text()
+    assert "Baseline" in text and "DP-Total" in text
+    base, lift = (study / r.name for r in runs)
+    for run in (base, lift):
+        assert (run / "train.log").is_file()
+        weights = {row["weights"] for row in _rows(run / "eval" / "fid.csv")}
+        assert weights == {"raw", "ema"}
+    out = capsys.readouterr().out
+    assert "training epoch" in out and f"report: {report}" in out
+
+    # interrupt LIFT after epoch 1: its last checkpoint and epoch-2 rows are gone
+    (lift / "checkpoints" / "epoch_0002.pt").unlink()
+    kept = [r for r in _rows(lift / "eval" / "fid.csv") if r["epoch"] == "1"]
+    with open(lift / "eval" / "fid.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(kept[0]))
+        w.writeheader()
+        w.writerows(kept)
+    base_ckpt = base / "checkpoints" / "epoch_0002.pt"
+    stamp = base_ckpt.stat().st_mtime_ns
+    base_rows = _rows(base / "eval" / "fid.csv")
+
+    report, runs = run_study(cfg, overrides, poll_s=0.2)
+    assert [r.state for r in runs] == ["done", "done"]
+    assert base_ckpt.stat().st_mtime_ns == stamp                 # finished training not redone
+    assert _rows(base / "eval" / "fid.csv") == base_rows         # finished rows kept
+    assert "resuming" in (lift / "train.log").read_text()        # LIFT resumed from epoch 1
+    assert (lift / "checkpoints" / "epoch_0002.pt").is_file()
+    rows = _rows(lift / "eval" / "fid.csv")
+    assert [r for r in rows if r["epoch"] == "1"] == kept         # epoch-1 rows kept as they were
+    assert {r["epoch"] for r in rows} == {"1", "2"}
+
+
+@pytest.mark.slow
+def test_failing_job_is_reported_and_the_others_finish(tmp_path, capsys):
+    # LIFT's data folder does not exist: its training fails, Baseline's run goes on
+    cfg, overrides = _study(tmp_path, "study.models=[baseline,lift]", "study.evaluate=false")
+    from launch import study as study_mod
+
+    original = study_mod.build_runs
+
+    def broken_lift(cfg, task_overrides):
+        study_dir, runs = original(cfg, task_overrides)
+        runs[1].train_overrides += ["data=folder", f"data.root={tmp_path / 'no-such-folder'}"]
+        return study_dir, runs
+
+    study_mod.build_runs = broken_lift
+    try:
+        _, runs = run_study(cfg, overrides, poll_s=0.2)
+    finally:
+        study_mod.build_runs = original
+    assert runs[0].state == "done" and runs[1].state == "failed"
+    log_path = runs[1].note.split("log: ")[-1].rstrip(")")
+    assert "no-such-folder" in Path(log_path).read_text()
+    assert "no-such-folder" in (tmp_path / "smoke" / runs[1].name / "train.log").read_text()
+    assert f"failed: {runs[1].name}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_multirun_through_the_local_devices_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "explore.train", "-m", "model=baseline,lift",
+           "model.hidden_dims=[8,16]", "model.image_size=16", "model.attn_min_ch=16",
+           "experiment=smoke", "device=cpu", "data.num_images=32", "trainer.batch_size=16",
+           "trainer.epochs=1", "hydra/launcher=local_devices", "hydra.launcher.cpu_jobs=2",
+           "hydra.launcher.poll_s=0.2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    runs = sorted(p.name for p in sweep.iterdir() if (p / "checkpoints").is_dir())
+    assert runs == ["baseline-ema0.9999-seed0", "lift-ema0.9999-seed0"]
+    for r in runs:
+        assert (sweep / r / "checkpoints" / "epoch_0001.pt").is_file()
+    # both jobs started before either finished: they ran side by side on two CPU slots
+    lines = log.splitlines()
+    first_done = min(i for i, ln in enumerate(lines) if " done on " in ln)
+    starts = [i for i, ln in enumerate(lines) if " started on " in ln]
+    assert len(starts) == 2 and max(starts) < first_done
+    assert {"cpu#0", "cpu#1"} <= {ln.split(" started on ")[1].strip() for ln in lines
+                                  if " started on " in ln}
+
+
+@pytest.mark.slow
+def test_multirun_failure_exits_non_zero(tmp_path):
+    cmd = [sys.executable, "-m", "explore.train", "-m", "model=lift", "experiment=smoke",
+           "device=cpu", "data=folder", f"data.root={tmp_path / 'missing'}",
+           "hydra/launcher=local_devices", "hydra.launcher.poll_s=0.2",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "missing" in proc.stdout + proc.stderr
