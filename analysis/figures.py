@@ -6,6 +6,7 @@ switched, nothing is left open, and saving picks the Agg / PDF canvas from the f
 
 from __future__ import annotations
 
+import logging
 import math
 import textwrap
 from collections.abc import Callable, Sequence
@@ -116,7 +117,7 @@ def fid_figure(summary: pd.DataFrame, title: str) -> Figure:
         ax.set_ylabel("FID (lower is better)")
     fig.suptitle(textwrap.fill(title, 70 if ncols > 1 else 45))
     fig.legend(handles=_fid_legend(series, summary), loc="outside lower center",
-               ncol=3 if ncols == 1 else 4, frameon=False)
+               ncol=2 if ncols == 1 else 4, frameon=False)
     return fig
 
 
@@ -192,6 +193,8 @@ def ema_figure(ema: pd.DataFrame) -> Figure | None:
 def save_figure(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
     """Save ``fig`` as ``<stem>.<format>`` for each format; returns the paths."""
     paths = [stem.parent / f"{stem.name}.{fmt}" for fmt in formats]
+    # matplotlib's PDF backend subsets fonts through fontTools, which logs every table at INFO
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
     for path in paths:
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")  # nothing (legend, long titles) cut at the edge
     return paths

@@ -23,8 +23,7 @@ class SlurmQueue:
         p = self.params
         out = {"timeout_min": int(p.get("timeout_min", 60)),
                "gpus_per_node": int(p.get("gpus_per_node", 1) or 0),
-               "cpus_per_task": int(p.get("cpus_per_task", 1) or 1),
-               "slurm_max_num_timeout": int(p.get("max_num_timeout", 0) or 0)}
+               "cpus_per_task": int(p.get("cpus_per_task", 1) or 1)}
         if p.get("mem_gb"):
             out["mem_gb"] = int(p["mem_gb"])
         for key in ("partition", "account", "qos", "gres", "constraint"):
@@ -39,7 +38,10 @@ class SlurmQueue:
     def submit(self, ticket: Ticket) -> Ticket:
         import submitit
 
-        ex = submitit.AutoExecutor(folder=ticket.folder, cluster="slurm")
+        # max_num_timeout is the executor's (requeues after a timeout), not a job parameter
+        ex = submitit.AutoExecutor(folder=ticket.folder, cluster="slurm",
+                                   slurm_max_num_timeout=int(self.params.get("max_num_timeout")
+                                                             or 0))
         ex.update_parameters(name=ticket.name, **self.executor_parameters())
         gpus = int(self.params.get("gpus_per_node", 1) or 0)
         # inside a SLURM job the allocated GPU is cuda:0; CPU jobs use the task's cores

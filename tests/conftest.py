@@ -30,3 +30,26 @@ def tiny_cfg():
     def make(*overrides: str):
         return compose("train", TINY + list(overrides))
     return make
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running one-node SLURM cluster (partition `debug`); SLURM_CONF points at it while the
+    tests use it. Skipped where SLURM is not installed (.ci/run installs it)."""
+    import os
+
+    from slurm_cluster import Cluster, missing
+
+    why = missing()
+    if why:
+        pytest.skip(why)
+    cluster = Cluster(tmp_path_factory.mktemp("slurm"))
+    old = os.environ.get("SLURM_CONF")
+    cluster.start()
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    yield cluster
+    cluster.stop()
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old

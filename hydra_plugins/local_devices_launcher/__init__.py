@@ -1,6 +1,7 @@
 """`hydra/launcher=local_devices`: Hydra multiruns in parallel, one job per device.
 
-    python -m explore.train -m model=baseline,lift ema.decay=0.999,0.9999 hydra/launcher=local_devices
+    python -m explore.train -m model=baseline,lift ema.decay=0.999,0.9999 \
+        hydra/launcher=local_devices
     python -m explore.train -m model=baseline,lift device=0,1 hydra/launcher=local_devices
 
 Each job runs as a submitit LocalExecutor job on its own slot of `launch.pool.DeviceQueue`

@@ -1,0 +1,54 @@
+"""The study and a Hydra multirun on a real one-node SLURM cluster that the tests start
+(tests/slurm_cluster.py). CPU jobs: the test machine has no GPU, so gpus_per_node=0."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_launch import TINY_STUDY
+
+from explore.config import compose
+from launch.study import run_study
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+SLURM = ["launcher=slurm", "launcher.partition=debug", "launcher.gpus_per_node=0",
+         "launcher.cpus_per_task=1", "launcher.mem_gb=null", "launcher.timeout_min=10",
+         "launcher.poll_s=1"]
+
+
+def test_study_runs_on_slurm(slurm_cluster, tmp_path):
+    overrides = TINY_STUDY + SLURM + [f"study.out={tmp_path}",
+                                      f"eval.fid.cache_root={tmp_path / 'fidcache'}"]
+    report, runs = run_study(compose("launch_study", overrides), overrides, poll_s=1)
+    assert [r.state for r in runs] == ["done", "done"], [r.note for r in runs]
+    for run in runs:
+        # a training job then an evaluation job, each a SLURM job of its own
+        ids = [t.extra["slurm_job_id"] for t in run.tickets]
+        assert len(ids) == 2 and all(i.isdigit() for i in ids) and ids[0] != ids[1]
+        with open(run.dir / "eval" / "fid.csv") as f:
+            assert {r["weights"] for r in csv.DictReader(f)} == {"raw", "ema"}
+        assert (run.dir / "checkpoints" / "epoch_0002.pt").is_file()
+    assert report is not None and report.is_file()
+
+
+def test_multirun_through_submitit_slurm(slurm_cluster, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "explore.train", "-m", "model=baseline,lift",
+           "experiment=smoke", "device=cpu", "model.hidden_dims=[8,16]", "model.image_size=16",
+           "model.attn_min_ch=16", "data.num_images=32", "trainer.batch_size=16",
+           "trainer.epochs=1", "trainer.progress=false", "hydra/launcher=submitit_slurm",
+           "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+           "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SLURM_CONF": str(slurm_cluster.conf)})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    for name in ("baseline-ema0.9999-seed0", "lift-ema0.9999-seed0"):
+        assert (sweep / name / "checkpoints" / "epoch_0001.pt").is_file()
+    # the jobs ran under SLURM: submitit kept their sbatch scripts
+    assert list((sweep / ".submitit").rglob("*_submission.sh"))
