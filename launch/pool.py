@@ -171,17 +171,33 @@ class DeviceQueue:
                     self._start(t, slot)
         return ended
 
-    def cancel_all(self) -> None:
-        for t in self.tickets:
-            if t.state == "running":
+    def cancel_all(self, wait_s: float = 20) -> None:
+        """Stop every running job and wait for its processes to end (Ctrl-C of the study)."""
+        running = [t for t in self.tickets if t.state == "running"]
+        for t in running:  # SIGINT to submitit's controller, which interrupts then kills the job
+            with contextlib.suppress(Exception):
+                t.job.cancel(check=False)
+        end = time.time() + wait_s
+        while time.time() < end and not all(_ended(t) for t in running):
+            time.sleep(0.1)
+        for t in running:
+            if not _ended(t):  # last resort: the controller did not stop in time
                 with contextlib.suppress(Exception):
-                    t.job.cancel(check=False)
+                    t.job._process.kill()
+        for t in self.tickets:
             if not t.finished:
                 t.state = "cancelled"
 
     @property
     def busy(self) -> bool:
         return any(not t.finished for t in self.tickets)
+
+
+def _ended(t: Ticket) -> bool:
+    try:
+        return bool(t.job.done())
+    except Exception:  # a job whose files vanished counts as ended
+        return True
 
 
 def _collect(t: Ticket) -> None:

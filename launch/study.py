@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -228,6 +229,10 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
     return report, runs
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 register_resolvers()
 
 
@@ -236,6 +241,8 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = list(HydraConfig.get().overrides.task)
+    # `kill <pid>` (and a scheduler's SIGTERM) stops the jobs like Ctrl-C does
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         _, runs = run_study(cfg, overrides)
     except UserError as e:

@@ -90,6 +90,7 @@ def test_ema_section(result):
     for name in ("harness", "naive"):
         _check_stats(ema[name], 2)
     assert _positive(ema["ratio"]) and _positive(ema["train_step_s"])
+    assert _positive(ema["copy_floor"]["median_s"]) and _positive(ema["harness_vs_copy_floor"])
     assert 0 < ema["step_share_percent"] < 100  # the step includes the update
     assert ema["config"]["parameters"] > 0 and ema["config"]["decay"] == bench.EMA_DECAY
     assert "train section" in ema["train_step_source"]  # same size: reuses the train figure

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -238,3 +239,28 @@ def test_multirun_failure_exits_non_zero(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "missing" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_the_study_stops_every_job(tmp_path, sig):
+    # a study long enough to be caught mid-training, stopped like Ctrl-C (or `kill`) would
+    cmd = [sys.executable, "-m", "launch.study", *TINY_STUDY, "trainer.epochs=500",
+           f"study.out={tmp_path}", f"eval.fid.cache_root={tmp_path / 'fidcache'}",
+           "launcher.poll_s=0.2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    runs = [tmp_path / "smoke" / f"{m}-ema0.99-seed0" for m in ("baseline", "lift")]
+    end = time.time() + 120
+    while not all((r / "metrics.csv").is_file() for r in runs):  # both jobs are training
+        assert time.time() < end and proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "every job was stopped" in out
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", f"processes left running: {left.stdout}"
+    # and the next run resumes from the checkpoints written so far
+    assert all(list((r / "checkpoints").glob("epoch_*.pt")) for r in runs)
