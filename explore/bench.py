@@ -265,8 +265,10 @@ class HarnessTrainer:
 
         torch.manual_seed(int(cfg.seed))
         self.cfg = cfg
+        from .devices import use_channels_last
+
         model = instantiate(cfg.model).to(device)
-        if cfg.trainer.channels_last:
+        if use_channels_last(cfg.trainer.channels_last, device):
             model = model.to(memory_format=torch.channels_last)
             batch = batch.contiguous(memory_format=torch.channels_last)
         self.model, self.batch = model, batch
@@ -433,7 +435,7 @@ def bench_ema(cfg: BenchConfig, device: torch.device, train_result: dict | None)
     stats = measure({"harness": harness.update, "naive": naive.update,
                      "copy": lambda: torch._foreach_copy_(copies, params)}, cfg.reps,
                     cfg.warmup, device)
-    del copies
+    copies.clear()  # free the copy before the next section
     out = {"config": {"model": "lift", "model_size": size.describe(),
                       "parameters": count_parameters(model), "decay": EMA_DECAY,
                       "reps": cfg.reps, "warmup": cfg.warmup,

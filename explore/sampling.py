@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .data import to_uint8
+from .devices import use_channels_last
 from .diffusion import CosineSchedule
 
 LiftPath = Sequence[tuple[int, int]]
@@ -84,13 +85,6 @@ def initial_noise(shape: Sequence[int], start: int, count: int, seed: int,
     return out
 
 
-def _use_channels_last(channels_last: bool | None, device) -> bool:
-    """None: on the CPU only (where it measured faster); True/False: as asked."""
-    if channels_last is None:
-        return torch.device(device).type == "cpu"
-    return bool(channels_last)
-
-
 @contextlib.contextmanager
 def _channels_last_weights(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Inside the block the model's 4-D weights are NHWC copies; the originals come back after.
@@ -132,7 +126,7 @@ def sample_baseline(model: nn.Module, schedule: CosineSchedule, num_images: int,
     timesteps = ddim_timesteps(num_steps, schedule.num_steps)
     alphas = _alpha_pairs(schedule, timesteps, device)
     s, c = model.image_size, model.channels
-    nhwc = _use_channels_last(channels_last, device)
+    nhwc = use_channels_last(channels_last, device)
     out = []
     with _channels_last_weights(model, nhwc):
         for start, n in _progress(num_images, batch_size, progress, "sampling"):
@@ -162,7 +156,7 @@ def sample_lift(model: nn.Module, schedule: CosineSchedule, num_images: int, pat
     t_hi, t_lo = [p[0] for p in path], [p[1] for p in path]
     a_hi, a_lo = _alpha_pairs(schedule, t_hi, device), _alpha_pairs(schedule, t_lo, device)
     s, c = model.image_size, model.channels
-    nhwc = _use_channels_last(channels_last, device)
+    nhwc = use_channels_last(channels_last, device)
     hi_out, lo_out = [], []
     with _channels_last_weights(model, nhwc):
         for start, n in _progress(num_images, batch_size, progress, "sampling"):

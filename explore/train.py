@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import checkpoint as ckpt
 from .config import build, register_resolvers, to_plain
 from .data import DataError, ImageSet, to_float
-from .devices import resolve_device
+from .devices import resolve_device, use_channels_last
 from .diffusion import CosineSchedule, loss_fn_for
 from .ema import EMA, averaging_window
 from .errors import ConfigError, UserError
@@ -214,7 +214,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
 
     data: ImageSet = build(cfg.data)
     model = build(cfg.model).to(device)
-    if cfg.trainer.channels_last:
+    channels_last = use_channels_last(cfg.trainer.channels_last, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(data) // cfg.trainer.batch_size
     if steps_per_epoch == 0:
@@ -288,7 +289,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
         for k in bar:
             batch = to_float(images[perm[k * cfg.trainer.batch_size:
                                          (k + 1) * cfg.trainer.batch_size]])
-            if cfg.trainer.channels_last:
+            if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             parts = train_step(fwd_model, model, loss_fn, schedule, batch, noise_gen, optimizer,
                                scaler, autocast, int(cfg.trainer.grad_accum),

@@ -252,7 +252,7 @@ def test_interrupting_the_study_stops_every_job(tmp_path, sig):
                             text=True)
     runs = [tmp_path / "smoke" / f"{m}-ema0.99-seed0" for m in ("baseline", "lift")]
     end = time.time() + 120
-    while not all((r / "metrics.csv").is_file() for r in runs):  # both jobs are training
+    while not all(list((r / "checkpoints").glob("epoch_*.pt")) for r in runs):  # both training
         assert time.time() < end and proc.poll() is None, proc.stdout.read()
         time.sleep(0.2)
     proc.send_signal(sig)
@@ -262,5 +262,9 @@ def test_interrupting_the_study_stops_every_job(tmp_path, sig):
     time.sleep(1)
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"processes left running: {left.stdout}"
-    # and the next run resumes from the checkpoints written so far
-    assert all(list((r / "checkpoints").glob("epoch_*.pt")) for r in runs)
+    # nothing half-written is left under a checkpoint's name: the next run resumes from them
+    from explore.checkpoint import load_checkpoint
+
+    for r in runs:
+        for path in (r / "checkpoints").glob("epoch_*.pt"):
+            assert load_checkpoint(path)["epoch"] >= 1
