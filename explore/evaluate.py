@@ -367,9 +367,36 @@ def _estimated_step(epoch: int, run_meta: dict):
 register_resolvers()
 
 
+def with_run_eval_defaults(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A run trained with an experiment preset (experiment=smoke) keeps the preset's `eval`
+    settings in its config.yaml. When the command line names no experiment, those become the
+    defaults, so `explore.evaluate run_dir=<smoke run>` scores it like the smoke study does
+    (not with the reference 30x30 heatmap, minutes per checkpoint on a CPU). eval.* options on
+    the command line still win."""
+    if not cfg.run_dir or any(o.lstrip("+~").startswith("experiment=") for o in overrides):
+        return cfg
+    saved = Path(str(cfg.run_dir)) / "config.yaml"
+    try:
+        run_eval = OmegaConf.load(saved).get("eval")
+    except (OSError, ValueError):  # no or unreadable config: find_targets reports it
+        return cfg
+    if not run_eval:
+        return cfg
+    user = OmegaConf.from_dotlist([o for o in overrides if o.startswith("eval.")])
+    merged = OmegaConf.merge(cfg.eval, run_eval, user.get("eval") or {})
+    log.info("eval settings of the run's preset (%s): %s", saved,
+             OmegaConf.to_container(run_eval))
+    cfg = cfg.copy()
+    cfg.eval = merged
+    return cfg
+
+
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     try:
+        cfg = with_run_eval_defaults(cfg, list(HydraConfig.get().overrides.task))
         out = evaluate(cfg)
     except UserError as err:
         log.error("%s", err)

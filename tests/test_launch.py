@@ -268,3 +268,27 @@ def test_interrupting_the_study_stops_every_job(tmp_path, sig):
     for r in runs:
         for path in (r / "checkpoints").glob("epoch_*.pt"):
             assert load_checkpoint(path)["epoch"] >= 1
+
+
+def test_study_grid_names_one_run_per_model_decay_and_seed(tmp_path):
+    from launch.study import build_runs
+
+    common = ["experiment=smoke", "device=cpu", f"study.out={tmp_path}",
+              "study.decays=[0.99,0.999]", "study.seeds=[0,1]"]
+    cfg = compose("launch_study", common)
+    study_dir, runs = build_runs(cfg, common)
+    assert study_dir == tmp_path / "smoke"
+    assert sorted(r.name for r in runs) == sorted(
+        f"{m}-ema{d}-seed{s}" for m in ("baseline", "lift") for d in (0.99, 0.999)
+        for s in (0, 1))
+    assert all("device=cpu" in r.train_overrides and "device=cpu" in r.eval_overrides
+               for r in runs)
+    # an EMA bank: one run per (model, seed) tracking both decays
+    bank = common + ["study.ema_bank=true"]
+    _, runs = build_runs(compose("launch_study", bank), bank)
+    assert sorted(r.name for r in runs) == sorted(
+        f"{m}-ema0.99+0.999-seed{s}" for m in ("baseline", "lift") for s in (0, 1))
+    assert all("ema=multi" in r.train_overrides for r in runs)
+    with pytest.raises(ConfigError, match="model/nope"):
+        bad = common + ["study.models=[nope]"]
+        build_runs(compose("launch_study", bad), bad)
