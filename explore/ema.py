@@ -131,6 +131,28 @@ def strip_prefixes(name: str) -> str:
     return name
 
 
+@torch.no_grad()
+def copy_by_name(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], label: str,
+                 error: type[Exception], required=()) -> None:
+    """Copy `src` into `dst`'s tensors by name (wrapper prefixes stripped). A name `dst` lacks,
+    a `required` name `src` lacks, or a shape that differs raises `error`, naming the entries,
+    before anything is copied."""
+    src = {strip_prefixes(k): v for k, v in src.items()}
+    unknown = sorted(set(src) - set(dst))
+    if unknown:
+        raise error(f"{label} has {len(unknown)} entries the model does not have, e.g. "
+                    f"{unknown[:3]}: is it from another model?")
+    lacking = sorted(k for k in required if k not in src)
+    if lacking:
+        raise error(f"{label} lacks {len(lacking)} parameters, e.g. {lacking[:3]}")
+    for k, v in src.items():
+        if tuple(v.shape) != tuple(dst[k].shape):
+            raise error(f"{label} entry {k!r} has shape {tuple(v.shape)}, the model's is "
+                        f"{tuple(dst[k].shape)}")
+    for k, v in src.items():
+        dst[k].copy_(v)
+
+
 def check_decay(decay: float) -> float:
     decay = float(decay)
     if not 0.0 <= decay < 1.0:
@@ -413,20 +435,8 @@ class _Track:
                                 f"this is a {self.kind!r} one")
         shadow = {strip_prefixes(k): v for k, v in state["shadow"].items()}
         mine = self.shadow
-        unknown = sorted(set(shadow) - set(mine))
-        if unknown:
-            raise EMAStateError(f"EMA state has {len(unknown)} entries the model does not "
-                                f"have, e.g. {unknown[:3]}: is it from another model?")
+        copy_by_name(mine, shadow, "EMA state", EMAStateError, required=self.live.param_names())
         missing = [k for k in mine if k not in shadow]
-        missing_params = [k for k in missing if k in self.live.param_names()]
-        if missing_params:
-            raise EMAStateError(f"EMA state lacks {len(missing_params)} parameters, "
-                                f"e.g. {missing_params[:3]}")
-        for k, v in shadow.items():
-            if tuple(v.shape) != tuple(mine[k].shape):
-                raise EMAStateError(f"EMA state entry {k!r} has shape {tuple(v.shape)}, "
-                                    f"the model's is {tuple(mine[k].shape)}")
-            mine[k].copy_(v)
         live = dict(zip(self.live.float_names, self.live.floats()))
         for k in missing:
             mine[k].copy_(live[k])

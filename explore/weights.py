@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .ema import SNAPSHOT_DIR, averaging_window, ema_name, strip_prefixes
+from .ema import SNAPSHOT_DIR, averaging_window, copy_by_name, ema_name, strip_prefixes
 from .errors import UserError
 
 log = logging.getLogger("explore.weights")
@@ -190,17 +190,8 @@ def load_weights(model: nn.Module, weights: WeightSet, raw: dict[str, torch.Tens
     load_state(model, raw, source="model_state")
     if weights.name == "raw":
         return
-    own = model.state_dict()
-    tensors = {strip_prefixes(k): v for k, v in weights.tensors.items()}
-    unknown = sorted(set(tensors) - set(own))
-    if unknown:
-        raise WeightsError(f"weight set {weights.name!r} has entries the model lacks, e.g. "
-                           f"{unknown[:3]}")
-    for k, v in tensors.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise WeightsError(f"weight set {weights.name!r}: {k} has shape {tuple(v.shape)}, "
-                               f"the model's is {tuple(own[k].shape)}")
-        own[k].copy_(v)
+    copy_by_name(model.state_dict(), weights.tensors, f"weight set {weights.name!r}",
+                 WeightsError)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
