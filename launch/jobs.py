@@ -7,27 +7,11 @@ same as typing `python -m explore.train ...` / `python -m explore.evaluate ...` 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 from .pool import Slot
-
-STAGE_FILE = "stage.json"  # <run>/stage.json: which stage the run's current job is in
-
-
-def write_stage(run_dir: Path, stage: str) -> None:
-    from explore.files import write_text
-
-    write_text(Path(run_dir) / STAGE_FILE, json.dumps({"stage": stage}))
-
-
-def read_stage(run_dir: Path) -> str | None:
-    try:
-        return json.loads((Path(run_dir) / STAGE_FILE).read_text())["stage"]
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _setup(run_dir: Path, slot: Slot, log_name: str | None) -> None:
@@ -55,7 +39,6 @@ def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
 
     run = Path(run_dir)
     _setup(run, slot, "train.log")
-    write_stage(run, "training")
     try:
         cfg = compose("train", list(overrides) + [f"device={slot.device_arg}", "resume=true",
                                                   "trainer.progress=false"])
@@ -63,7 +46,6 @@ def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     except Exception as e:  # into <run>/train.log too, then submitit marks the job failed
         logging.getLogger("launch.jobs").error("training failed: %s: %s", type(e).__name__, e)
         raise
-    write_stage(run, "trained")
     return run_dir
 
 
@@ -74,7 +56,6 @@ def eval_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
 
     run = Path(run_dir)
     _setup(run, slot, None)  # evaluate() logs to <run>/eval/evaluate.log itself
-    write_stage(run, "evaluating")
     try:
         cfg = compose("evaluate", list(overrides) + [f"run_dir={run}",
                                                      f"device={slot.device_arg}", "progress=false"])
@@ -82,5 +63,4 @@ def eval_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     except Exception as e:
         logging.getLogger("launch.jobs").error("evaluation failed: %s: %s", type(e).__name__, e)
         raise
-    write_stage(run, "done")
     return str(out)

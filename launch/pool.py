@@ -161,7 +161,7 @@ class DeviceQueue:
         ended = []
         for t in self.tickets:
             if t.state == "running" and t.job.done():
-                _collect(t)
+                collect(t)
                 self.free.append(t.slot)
                 ended.append(t)
         for t in self.tickets:
@@ -200,7 +200,8 @@ def _ended(t: Ticket) -> bool:
         return True
 
 
-def _collect(t: Ticket) -> None:
+def collect(t: Ticket) -> None:
+    """Record a finished job's result, or its error line (the log path is `t.log_path`)."""
     t.ended = time.time()
     try:
         t.result = t.job.result()

@@ -10,7 +10,7 @@ import contextlib
 import time
 from collections.abc import Mapping
 
-from .pool import Slot, Ticket, _collect
+from .pool import Slot, Ticket, collect
 
 
 class SlurmQueue:
@@ -56,7 +56,7 @@ class SlurmQueue:
         ended = []
         for t in self.tickets:
             if t.state == "running" and t.job.done():
-                _collect(t)
+                collect(t)
                 ended.append(t)
         return ended
 

@@ -29,7 +29,7 @@ from explore import checkpoint as ckpt
 from explore.config import compose, ema_tag, register_resolvers
 from explore.errors import ConfigError, UserError
 
-from .jobs import eval_job, read_stage, train_job
+from .jobs import eval_job, train_job
 from .pool import DeviceQueue, Ticket, make_slots
 
 log = logging.getLogger("launch.study")
@@ -202,8 +202,7 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
             for run in runs:
                 t = run.tickets[-1] if run.tickets else None
                 if t is not None and t.state == "running":
-                    run.state = "evaluating" if read_stage(run.dir) == "evaluating" else (
-                        "training" if t.name.endswith(":training") else "evaluating")
+                    run.state = "training" if t.name.endswith(":training") else "evaluating"
                     run.note = ""
             progress.update()
             if queue.busy:

@@ -78,18 +78,16 @@ class LocalDevicesLauncher(BaseSubmititLauncher):
                  Singleton.get_state()), folder, pin=pin)))
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         try:
-            reported: set[str] = set()
+            started: set[str] = set()
             while queue.busy:
-                for t in queue.poll():
-                    self._report(t)
-                    reported.add(t.name)
-                for t in tickets:
-                    if t.state == "running" and f"{t.name}:start" not in reported:
+                ended = queue.poll()  # collects finished jobs, starts queued ones
+                for t in tickets:  # starts first: a short job can start and end in one poll
+                    if t.slot is not None and t.name not in started:
                         log.info("%s started on %s", t.name, t.slot.label)
-                        reported.add(f"{t.name}:start")
+                        started.add(t.name)
+                for t in ended:
+                    self._report(t)
                 time.sleep(float(p.get("poll_s", 1.0)))
-            for t in queue.poll():
-                self._report(t)
         except KeyboardInterrupt:
             queue.cancel_all()
             log.error("interrupted: every job was stopped")
