@@ -42,14 +42,18 @@ SERIES_ORDER = list(SERIES.values())
 MODEL_NAMES = {"baseline": "Baseline", "lift": "LIFT"}
 
 # FID numbers made under different values of these are never compared (STUDY.md, FID protocol).
-PROTOCOL_KEYS = ["dataset", "image_size", "num_images", "num_steps", "extractor"]
+PROTOCOL_KEYS = ["dataset", "image_size", "num_images", "num_steps", "extractor", "schedule",
+                 "final_step"]
 # Two eval rows with equal values here measured the same network with the same weight set.
 NETWORK_KEYS = ["model", "seed", "protocol", "epoch", "path", "weights_id"]
 RUN_KEYS = ["run", "model", "seed", "ema_decay", "dataset", "image_size"]
 FID_COLUMNS = [
     "run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step", "weights",
-    "path", "num_steps", "num_images", "extractor", "fid", "ema_share", "ema_share_low", "seconds",
+    "path", "num_steps", "num_images", "extractor", "schedule", "final_step", "fid", "ema_share",
+    "ema_share_low", "seconds",
 ]
+# eval rows written before the schedule and final step were recorded used these
+LEGACY_PROTOCOL = {"schedule": "cosine", "final_step": "alpha_one"}
 # Run-level columns of the metrics frame that start with "ema_" but are not diagnostics.
 _NOT_EMA_DIAGNOSTICS = {"ema_decay", "ema_decays"}
 
@@ -115,7 +119,8 @@ def parse_weights(weights: str, run_decay: float) -> tuple[str, float, str, str]
 
 
 def protocol_label(row: pd.Series) -> str:
-    """Human-readable protocol, e.g. "afhqv2 64px · 15803 images · 18 steps · inception-v3"."""
+    """Human-readable protocol, e.g. "afhqv2 64px · 15803 images · 18 steps · inception-v3 ·
+    study schedule, final step study"."""
 
     def text(key: str) -> str:
         value = row[key]
@@ -125,7 +130,8 @@ def protocol_label(row: pd.Series) -> str:
 
     return (
         f"{text('dataset')} {text('image_size')}px · {text('num_images')} images · "
-        f"{text('num_steps')} steps · {text('extractor')}"
+        f"{text('num_steps')} steps · {text('extractor')} · {text('schedule')} schedule, "
+        f"final step {text('final_step')}"
     )
 
 
@@ -173,6 +179,8 @@ def _read_fid(run_dir: Path, info: dict) -> pd.DataFrame | None:
     for column in FID_COLUMNS:
         if column not in fid:
             fid[column] = math.nan
+    for column, value in LEGACY_PROTOCOL.items():
+        fid[column] = fid[column].fillna(value)
     # The folder says whose rows these are; run.json is the authority on identity.
     for key in RUN_KEYS + ["group"]:
         fid[key] = info[key]

@@ -35,6 +35,14 @@ from .tables import (
 log = logging.getLogger("analysis.report")
 
 REPORT_FILE = "report.md"
+SCHEDULES = {
+    "study": "study: cosine, betas clipped to [1e-4, 0.02] (the original's)",
+    "cosine": "cosine: betas clipped at 0.999 only (not the original's)",
+}
+FINAL_STEPS = {
+    "study": "0 -> 0, returns its input (the original's)",
+    "alpha_one": "0 -> alpha_bar 1, the clipped x0 prediction (not the original's)",
+}
 SPLIT_NOTE = (
     "FID moves with the feature extractor, the number of images and the number of sampling "
     "steps (STUDY.md: 15+ points between 10k and 15.8k samples), so rows made under different "
@@ -95,6 +103,8 @@ def _protocol_header(study: Study, protocol: str, summary: pd.DataFrame) -> list
         ("Image size", f"{first['image_size']}x{first['image_size']}"),
         ("FID images", f"{first['num_images']:.0f} generated vs the training set"),
         ("Sampling steps", f"{first['num_steps']:.0f}"),
+        ("Noise schedule", SCHEDULES.get(first["schedule"], first["schedule"])),
+        ("Final DDIM step", FINAL_STEPS.get(first["final_step"], first["final_step"])),
         ("Feature extractor", first["extractor"]),
         ("Seeds", seeds),
         ("EMA decays", ", ".join(fmt_num(d) for d in decays) or "none evaluated"),

@@ -41,7 +41,8 @@ STUDY_TABLE = {
 }
 STUDY_DECAY = 0.9999
 PATH_OFFSET = {"dp_total": 0.0, "diagonal": 12.42, "dp_64": 11.74, "ddim": 0.0}
-PROTOCOL = {"num_images": 15803, "num_steps": 18, "extractor": "inception-v3-compat"}
+PROTOCOL = {"num_images": 15803, "num_steps": 18, "extractor": "inception-v3-compat",
+            "schedule": "study", "final_step": "study"}
 MODEL_PATHS = {"baseline": ("ddim",), "lift": ("dp_total",)}
 
 # fid(path, weights_id, epoch) -> FID, or None for "not evaluated"; weights_id as in

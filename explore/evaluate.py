@@ -35,13 +35,13 @@ from . import fid as fidlib
 from .config import build, register_resolvers
 from .data import ImageSet, grid_image, subset
 from .devices import resolve_device
-from .diffusion import CosineSchedule
+from .diffusion import schedule_of
 from .errors import ConfigError, UserError
 from .files import atomic_write
 from .heatmap import Heatmap, HeatmapFileError, error_heatmap, pick_images, plot_heatmap
 from .paths import fractional_grid_index, optimal_path, path_to_timesteps
 from .results import ResultsFile, row_key
-from .sampling import diagonal_path, sample_baseline, sample_lift
+from .sampling import check_final_step, diagonal_path, sample_baseline, sample_lift
 from .weights import (
     WeightSet,
     load_state,
@@ -155,7 +155,9 @@ def cached_heatmap(model, schedule, data: ImageSet, hcfg, seed: int, out_dir: Pa
     """The heatmap of the model's current weights (loaded from, or saved to, eval/heatmaps/)
     and its DP paths; a PNG with the paths drawn is written next to it."""
     folder = out_dir / "eval" / "heatmaps"
-    name = f"{tag}_g{hcfg.grid_size}_k{hcfg.num_probes}_n{hcfg.num_images}_s{seed}"
+    # the schedule is in the name: gamma(SNR) and the DP's log-SNR grid depend on it
+    name = (f"{tag}_{schedule.name}_g{hcfg.grid_size}_k{hcfg.num_probes}_n{hcfg.num_images}"
+            f"_s{seed}")
     npz = folder / f"{name}.npz"
     if npz.is_file():
         try:
@@ -187,6 +189,10 @@ def check_eval_config(e: DictConfig) -> None:
         raise ConfigError(f"eval.num_steps={e.num_steps} must be >= 1")
     if int(e.batch_size) < 1:
         raise ConfigError(f"eval.batch_size={e.batch_size} must be >= 1")
+    try:
+        check_final_step(str(e.final_step))
+    except ValueError as err:
+        raise ConfigError(f"eval.{err}") from None
 
 
 def evaluate(cfg: DictConfig) -> Path:
@@ -245,11 +251,13 @@ def _log_to(path: Path):
 def _evaluate_checkpoints(cfg, target, first, data, real, real_name, extractor, num_images,
                           run_meta, results, device) -> None:
     e = cfg.eval
-    schedule = CosineSchedule()
+    # the run's own schedule (its stored config; the original's for an original checkpoint)
+    schedule = schedule_of(first.get("config"), log=log.warning)
     progress = bool(cfg.progress)
     trusted = bool(cfg.trust_checkpoint)
-    log.info("evaluating %d checkpoint(s) of %s: %d images, %d DDIM steps, extractor %s",
-             len(target.checkpoints), target.run, num_images, e.num_steps, extractor)
+    log.info("evaluating %d checkpoint(s) of %s: %d images, %d DDIM steps (final step %s), "
+             "noise schedule %s, extractor %s", len(target.checkpoints), target.run, num_images,
+             e.num_steps, e.final_step, schedule.name, extractor)
 
     for epoch, path in target.checkpoints:
         state = first if path == target.checkpoints[-1][1] else ckpt.load_checkpoint(
@@ -263,7 +271,7 @@ def _evaluate_checkpoints(cfg, target, first, data, real, real_name, extractor, 
         for ws in sets:
             todo = [p for p in paths_for(model.kind, e.paths)
                     if e.force or not results.has(row_key(_key_row(epoch, ws, p, e, num_images,
-                                                                    extractor)))]
+                                                                    extractor, schedule)))]
             if not todo:
                 log.info("epoch %d %s: already evaluated (eval.force=true to redo)", epoch,
                          ws.name)
@@ -297,7 +305,8 @@ def _evaluate_checkpoints(cfg, target, first, data, real, real_name, extractor, 
                                          real_cache_name=real_name, cache_root=e.fid.cache_root,
                                          device=str(device), batch_size=int(e.fid.batch_size),
                                          progress=progress)
-                row = {**run_meta["row"], **_key_row(epoch, ws, pname, e, num_images, extractor),
+                row = {**run_meta["row"],
+                       **_key_row(epoch, ws, pname, e, num_images, extractor, schedule),
                        "step": state.get("step", _estimated_step(epoch, run_meta)),
                        "fid": round(fid, 4),
                        "ema_share": round(share, 4) if share is not None else "",
@@ -313,14 +322,15 @@ def _evaluate_checkpoints(cfg, target, first, data, real, real_name, extractor, 
                          pname, fid, extractor, num_images, row["seconds"])
 
 
-def _key_row(epoch, ws: WeightSet, pname, e, num_images, extractor) -> dict:
+def _key_row(epoch, ws: WeightSet, pname, e, num_images, extractor, schedule) -> dict:
     return {"epoch": epoch, "weights": ws.name, "path": pname, "num_steps": int(e.num_steps),
-            "num_images": num_images, "extractor": extractor}
+            "num_images": num_images, "extractor": extractor, "schedule": schedule.name,
+            "final_step": str(e.final_step)}
 
 
 def _generate(model, schedule, pname, heatmap, grids, e, num_images, device, progress):
     common = dict(seed=int(e.seed), batch_size=int(e.batch_size), device=device,
-                  progress=progress)
+                  progress=progress, final_step=str(e.final_step))
     if model.kind == "baseline":
         return sample_baseline(model, schedule, num_images, num_steps=int(e.num_steps), **common)
     path = lift_path(pname, heatmap, grids, int(e.num_steps))

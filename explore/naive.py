@@ -195,13 +195,20 @@ def _naive_ddim_update(x, eps, alpha_bar, t, t_next):
     return torch.sqrt(a_next) * x0 + torch.sqrt(1 - a_next) * eps
 
 
+def _last(t: int, final_step: str) -> int | None:
+    """Where the last call steps to: the same timestep (study) or alpha_bar 1 (None)."""
+    return t if final_step == "study" else None
+
+
 @torch.no_grad()
 def naive_sample_baseline(model: nn.Module, schedule: CosineSchedule, num_images: int,
                           num_steps: int = 18, seed: int = 0, device="cpu",
-                          noise: torch.Tensor | None = None) -> torch.Tensor:
+                          noise: torch.Tensor | None = None,
+                          final_step: str = "study") -> torch.Tensor:
     """Float images in [0, 1] from the Baseline with 18-step DDIM (eta 0), one batch, per-step loop.
 
-    `noise`: the starting x_T (default: torch.randn under torch.manual_seed(seed)).
+    `noise`: the starting x_T (default: torch.randn under torch.manual_seed(seed)). Every call of
+    the list is made, the last one stepping 0 -> 0 (study, as the original) or to alpha_bar 1.
     """
     s, c = model.image_size, model.channels
     if noise is None:
@@ -211,7 +218,7 @@ def naive_sample_baseline(model: nn.Module, schedule: CosineSchedule, num_images
     alpha_bar = schedule.alpha_bar.float().to(device)
     timesteps = list(range(0, schedule.num_steps, schedule.num_steps // num_steps))[::-1]
     for k, t in enumerate(timesteps):
-        t_next = timesteps[k + 1] if k + 1 < len(timesteps) else None
+        t_next = timesteps[k + 1] if k + 1 < len(timesteps) else _last(t, final_step)
         eps = model(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long))
         x = _naive_ddim_update(x, eps, alpha_bar, t, t_next)
     return ((x + 1) / 2).clamp(0, 1).cpu()
@@ -220,7 +227,8 @@ def naive_sample_baseline(model: nn.Module, schedule: CosineSchedule, num_images
 @torch.no_grad()
 def naive_sample_lift(model: nn.Module, schedule: CosineSchedule, num_images: int,
                       path: list[tuple[int, int]], seed: int = 0, device="cpu",
-                      noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                      noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      final_step: str = "study") -> torch.Tensor:
     """Float 64x64 images in [0, 1] from LIFT along `path` = [(t_64, t_32), ...], per-step loop.
 
     `noise`: the starting (x_64, x_32) (default: torch.randn under torch.manual_seed(seed)).
@@ -233,7 +241,8 @@ def naive_sample_lift(model: nn.Module, schedule: CosineSchedule, num_images: in
     alpha_bar = schedule.alpha_bar.float().to(device)
     n = x_hi.shape[0]
     for k, (t_hi, t_lo) in enumerate(path):
-        nxt = path[k + 1] if k + 1 < len(path) else (None, None)
+        nxt = path[k + 1] if k + 1 < len(path) else (_last(t_hi, final_step),
+                                                      _last(t_lo, final_step))
         eps_hi, eps_lo = model(x_hi, x_lo,
                                torch.full((n,), t_hi, device=device, dtype=torch.long),
                                torch.full((n,), t_lo, device=device, dtype=torch.long))

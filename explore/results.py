@@ -11,11 +11,16 @@ from pathlib import Path
 from .files import write_text
 
 COLUMNS = ["run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step",
-           "weights", "path", "num_steps", "num_images", "extractor", "fid", "ema_share",
-           "ema_share_low", "lag_epochs", "seconds"]
+           "weights", "path", "num_steps", "num_images", "extractor", "schedule", "final_step",
+           "fid", "ema_share", "ema_share_low", "lag_epochs", "seconds"]
 # what makes two rows the same measurement (the protocol is part of it: a number made with
-# another extractor, image count or step count is another row, never a replacement)
-KEY = ("epoch", "weights", "path", "num_steps", "num_images", "extractor")
+# another extractor, image count, step count, noise schedule or final DDIM step is another row,
+# never a replacement)
+KEY = ("epoch", "weights", "path", "num_steps", "num_images", "extractor", "schedule",
+       "final_step")
+# rows written before these columns existed were all made with the unclipped cosine schedule
+# and a last DDIM step to alpha_bar 1
+LEGACY = {"schedule": "cosine", "final_step": "alpha_one"}
 
 
 def row_key(row: dict) -> tuple[str, ...]:
@@ -28,7 +33,8 @@ class ResultsFile:
         self.rows: list[dict] = []
         if self.path.is_file():
             with open(self.path, newline="") as f:
-                self.rows = list(csv.DictReader(f))
+                self.rows = [{**LEGACY, **{k: v for k, v in r.items() if v or k not in LEGACY}}
+                             for r in csv.DictReader(f)]
 
     def has(self, key: tuple[str, ...]) -> bool:
         return any(row_key(r) == key for r in self.rows)

@@ -1,8 +1,19 @@
 """DDIM sampling (eta 0) for both models, as STUDY.md "Sampling" describes it.
 
-18 steps = timesteps 990, 935, ..., 55, 0 (stride 1000 // 18 = 55): 19 model calls, each stepping
-from its timestep to the next one in the list, the last from 0 to the clean image (alpha_bar 1).
-The predicted x_0 is clipped to [-1, 1] and the direction term uses the eps consistent with it.
+18 steps = timesteps 990, 935, ..., 55, 0 (stride 1000 // 18 = 55): 19 model calls in the list,
+each stepping from its timestep to the next one. The predicted x_0 is clipped to [-1, 1] and the
+direction term uses the eps re-derived from the clipped x_0.
+
+The last call (`final_step`):
+
+- ``study`` (default, as the original): it steps from 0 to 0. A DDIM step between equal
+  timesteps is the identity whatever eps is: with a = alpha_bar_0, x0c = clip((x - sqrt(1-a)
+  eps) / sqrt(a)) and eps' = (x - sqrt(a) x0c) / sqrt(1-a), the step returns
+  sqrt(a) x0c + sqrt(1-a) eps' = x. So that call is skipped (18 model calls, not 19) and the
+  images are the output of the step 55 -> 0: about sqrt(1 - alpha_bar_0) = 1% of eps is left
+  in them and no last clip is applied (`to_uint8` clamps when making pixels).
+- ``alpha_one``: it steps from 0 to alpha_bar = 1, returning the clipped x_0 prediction (this
+  harness's behaviour before the study's was found; 19 model calls).
 
 LIFT takes a 19-point path of (t_64, t_32) pairs; each scale takes its own DDIM step to its next
 timestep. The `diagonal` path is the plain list for both scales; `dp_64` and `dp_total` come
@@ -31,6 +42,15 @@ from .devices import use_channels_last
 from .diffusion import CosineSchedule
 
 LiftPath = Sequence[tuple[int, int]]
+FINAL_STEPS = ("study", "alpha_one")
+
+
+def check_final_step(final_step: str) -> str:
+    if final_step not in FINAL_STEPS:
+        raise ValueError(f"final_step={final_step!r}: use one of {list(FINAL_STEPS)} (study: "
+                         f"the last call steps 0 -> 0 as the original; alpha_one: to "
+                         f"alpha_bar = 1, the clipped x0 prediction)")
+    return final_step
 
 
 def ddim_timesteps(num_steps: int = 18, num_train_steps: int = 1000) -> list[int]:
@@ -49,12 +69,21 @@ def diagonal_path(num_steps: int = 18, num_train_steps: int = 1000) -> list[tupl
     return [(t, t) for t in ddim_timesteps(num_steps, num_train_steps)]
 
 
-def _alpha_pairs(schedule: CosineSchedule, timesteps: Sequence[int], device) -> torch.Tensor:
-    """(len, 2): alpha_bar at each timestep and at the next one (1.0 after the last)."""
+def _alpha_pairs(schedule: CosineSchedule, timesteps: Sequence[int], device,
+                 final_step: str = "study") -> torch.Tensor:
+    """(len, 2): alpha_bar at each timestep and at the next one; after the last, the last
+    itself (study: a step 0 -> 0) or 1.0 (alpha_one)."""
     ab = schedule.alpha_bar.to(torch.float64)
     now = torch.stack([ab[t] for t in timesteps])
-    nxt = torch.cat([now[1:], torch.ones(1, dtype=torch.float64)])
+    last = now[-1:] if check_final_step(final_step) == "study" else torch.ones(1, dtype=now.dtype)
+    nxt = torch.cat([now[1:], last])
     return torch.stack([now, nxt], 1).to(device=device, dtype=torch.float32)
+
+
+def model_calls(num_points: int, final_step: str) -> int:
+    """Model calls of a path of `num_points` timesteps: the study's last call 0 -> 0 is the
+    identity (module docstring) and is skipped."""
+    return num_points - 1 if check_final_step(final_step) == "study" else num_points
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, ab: torch.Tensor, ab_next: torch.Tensor
@@ -118,20 +147,23 @@ def _batches(total: int, batch_size: int):
 def sample_baseline(model: nn.Module, schedule: CosineSchedule, num_images: int, *,
                     num_steps: int = 18, seed: int = 0, batch_size: int = 64,
                     device: torch.device | str = "cpu", autocast_dtype=None,
-                    progress: bool = True, channels_last: bool | None = None) -> torch.Tensor:
+                    progress: bool = True, channels_last: bool | None = None,
+                    final_step: str = "study") -> torch.Tensor:
     """uint8 (N, 3, S, S) images from the Baseline with DDIM (CPU tensor).
 
     channels_last: run the model in NHWC; None = on the CPU only (see the module docstring).
+    final_step: study | alpha_one (see the module docstring).
     """
     timesteps = ddim_timesteps(num_steps, schedule.num_steps)
-    alphas = _alpha_pairs(schedule, timesteps, device)
+    alphas = _alpha_pairs(schedule, timesteps, device, final_step)
+    calls = model_calls(len(timesteps), final_step)
     s, c = model.image_size, model.channels
     nhwc = use_channels_last(channels_last, device)
     out = []
     with _channels_last_weights(model, nhwc):
         for start, n in _progress(num_images, batch_size, progress, "sampling"):
             x = _layout(initial_noise((c, s, s), start, n, seed).to(device), nhwc)
-            for k, t in enumerate(timesteps):
+            for k, t in enumerate(timesteps[:calls]):
                 tt = torch.full((n,), t, device=device, dtype=torch.long)
                 with _autocast(device, autocast_dtype):
                     eps = model(x, tt)
@@ -144,17 +176,21 @@ def sample_baseline(model: nn.Module, schedule: CosineSchedule, num_images: int,
 def sample_lift(model: nn.Module, schedule: CosineSchedule, num_images: int, path: LiftPath, *,
                 seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
                 autocast_dtype=None, progress: bool = True,
-                return_low: bool = False, channels_last: bool | None = None):
+                return_low: bool = False, channels_last: bool | None = None,
+                final_step: str = "study"):
     """uint8 (N, 3, S, S) images from LIFT along `path` = [(t_64, t_32), ...] (CPU tensor).
 
     With return_low, also the (N, 3, S/2, S/2) low-scale images. channels_last: run the model in
-    NHWC; None = on the CPU only (see the module docstring).
+    NHWC; None = on the CPU only (see the module docstring). final_step: study | alpha_one; a
+    path ends at (0, 0), so under `study` both scales' last step is 0 -> 0 and is skipped.
     """
     path = [(int(a), int(b)) for a, b in path]
     if path[-1] != (0, 0):
         raise ValueError(f"a LIFT path must end at (0, 0) (clean at both scales), got {path[-1]}")
     t_hi, t_lo = [p[0] for p in path], [p[1] for p in path]
-    a_hi, a_lo = _alpha_pairs(schedule, t_hi, device), _alpha_pairs(schedule, t_lo, device)
+    a_hi = _alpha_pairs(schedule, t_hi, device, final_step)
+    a_lo = _alpha_pairs(schedule, t_lo, device, final_step)
+    calls = model_calls(len(path), final_step)
     s, c = model.image_size, model.channels
     nhwc = use_channels_last(channels_last, device)
     hi_out, lo_out = [], []
@@ -163,7 +199,7 @@ def sample_lift(model: nn.Module, schedule: CosineSchedule, num_images: int, pat
             x_hi = _layout(initial_noise((c, s, s), start, n, seed, stream=0).to(device), nhwc)
             x_lo = _layout(initial_noise((c, s // 2, s // 2), start, n, seed, stream=1).to(device),
                            nhwc)
-            for k in range(len(path)):
+            for k in range(calls):
                 th = torch.full((n,), t_hi[k], device=device, dtype=torch.long)
                 tl = torch.full((n,), t_lo[k], device=device, dtype=torch.long)
                 with _autocast(device, autocast_dtype):

@@ -30,10 +30,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
-from .config import build, register_resolvers, to_plain
+from .config import CONF_DIR, build, register_resolvers, to_plain
 from .data import DataError, ImageSet, to_float
 from .devices import resolve_device, use_channels_last
-from .diffusion import CosineSchedule, loss_fn_for
+from .diffusion import loss_fn_for
 from .ema import EMA, averaging_window
 from .errors import ConfigError, UserError
 from .files import atomic_write
@@ -44,7 +44,7 @@ PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCHEDULES = ("constant", "cosine")
 # Settings that define what a run *is*: resuming with any of them changed would silently
 # produce a different experiment under the old name.
-IDENTITY_KEYS = ("model", "data", "ema", "optim", "seed", "trainer.batch_size",
+IDENTITY_KEYS = ("model", "data", "diffusion", "ema", "optim", "seed", "trainer.batch_size",
                  "trainer.grad_accum", "trainer.grad_clip")
 
 
@@ -177,6 +177,9 @@ def write_json(path: Path, obj) -> None:
 
 
 def _config_differences(old: dict, new: dict) -> list[str]:
+    if old and "diffusion" not in old:  # saved before the schedule was recorded: the cosine one
+        old = {**old, "diffusion": OmegaConf.to_container(
+            OmegaConf.load(CONF_DIR / "diffusion" / "cosine.yaml"))}
     diffs = []
     for key in IDENTITY_KEYS:
         a, b = old, new
@@ -213,6 +216,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
                               f"for a different experiment.")
 
     data: ImageSet = build(cfg.data)
+    schedule = build(cfg.diffusion)
     model = build(cfg.model).to(device)
     channels_last = use_channels_last(cfg.trainer.channels_last, device)
     if channels_last:
@@ -258,12 +262,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
         "ema_decay": ema.decay if ema is not None else None,
         "ema_decays": ema.decays if ema is not None else [],
         "ema_sigma_rels": ema.sigma_rels if ema is not None else [],
+        "schedule": schedule.describe(),
         "dataset": data.name, "image_size": data.image_size, "num_images": len(data),
         "epochs": epochs, "steps_per_epoch": steps_per_epoch,
         "batch_size": int(cfg.trainer.batch_size), "device": str(device)})
-    log.info("%s: %s, %.2fM parameters, %d images (%s), %d steps/epoch, device %s",
-             run_dir, type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6,
-             len(data), data.name, steps_per_epoch, device)
+    log.info("%s: %s, %.2fM parameters, %d images (%s), %d steps/epoch, device %s, noise "
+             "schedule %s (alpha_bar %.4g .. %.3g)", run_dir, type(model).__name__,
+             sum(p.numel() for p in model.parameters()) / 1e6, len(data), data.name,
+             steps_per_epoch, device, schedule.name, schedule.alpha_bar[0],
+             schedule.alpha_bar[-1])
     if ema is not None:
         describe_ema(ema, steps_per_epoch, epochs)
     if state.epoch >= epochs:
@@ -274,7 +281,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
     images = data.images.to(device)
     fwd_model = torch.compile(model) if cfg.trainer.compile else model
     loss_fn = loss_fn_for(model)
-    schedule = CosineSchedule()
     autocast = (torch.autocast(device.type, dtype=precision) if precision is not None
                 else contextlib.nullcontext())
     model.train()

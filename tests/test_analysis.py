@@ -115,7 +115,8 @@ def test_runs_grouped_by_everything_but_seed(study):
     }
     fid = loaded.fid
     assert set(fid.groupby(["group", "protocol"]).groups) == {
-        (g, f"afhqv2 64px · 15803 images · 18 steps · {INCEPTION}") for g in groups}
+        (g, f"afhqv2 64px · 15803 images · 18 steps · {INCEPTION} · study schedule, "
+            "final step study") for g in groups}
     assert set(fid["series"]) == {"Baseline", "LIFT DP-Total"}
     assert fid.loc[fid["weights"] == "raw", "decay"].isna().all()
     ema = fid[fid["weights"] == "ema"]
@@ -170,8 +171,9 @@ def test_two_extractors_are_never_put_in_one_table(tmp_path):
     _add_extractor(runs, "clip-vit-b-32", shift=100.0)
     report = make_report(study_dir=tmp_path / "study", formats=("png",))
     out = report.parent
-    inception = out / f"afhqv2-64px-15803-images-18-steps-{INCEPTION}"
-    clip = out / "afhqv2-64px-15803-images-18-steps-clip-vit-b-32"
+    tail = "-study-schedule-final-step-study"
+    inception = out / f"afhqv2-64px-15803-images-18-steps-{INCEPTION}{tail}"
+    clip = out / f"afhqv2-64px-15803-images-18-steps-clip-vit-b-32{tail}"
     assert _cells(_read_table(inception / "results_ema0.9999.csv")) == EXPECTED_EMA_9999
     shifted = _cells(_read_table(clip / "results_ema0.9999.csv"))
     assert shifted["Baseline best"] == ["133.07 ± 0.10 @ 200ep", "127.90 ± 0.10 @ 400ep",

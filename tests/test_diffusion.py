@@ -1,13 +1,67 @@
 import math
 
+import pytest
 import torch
 
 from explore.diffusion import CosineSchedule, baseline_loss, lift_loss
 from explore.models import BaselineUNet, LiftUNet
 
 
-def test_cosine_schedule_matches_closed_form():
+def _clipped_cosine_float32(beta_min=1e-4, beta_max=0.02, T=1000, s=0.008):
+    """The clip rule re-implemented here, the way an independent reader of STUDY.md would:
+    torch.linspace in float32, closed-form cosine, betas clipped, cumprod in float32."""
+    x = torch.linspace(0, T, T + 1)
+    f = torch.cos(((x / T) + s) / (1 + s) * math.pi * 0.5) ** 2
+    f = f / f[0]
+    betas = torch.clip(1 - f[1:] / f[:-1], beta_min, beta_max)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def test_default_schedule_is_the_studys_clipped_cosine():
     s = CosineSchedule()
+    assert s.name == "study" and s.alpha_bar.dtype == torch.float64
+    # STUDY.md "Noise schedule" table: 1 - 1e-4 at t = 0 (beta_0 raised to the clip), then 3
+    # significant digits
+    assert abs(s.alpha_bar[0].item() - 0.9999) < 1e-7
+    for t, want in ((990, 3.83e-3), (999, 3.19e-3)):
+        assert float(f"{s.alpha_bar[t].item():.3g}") == want
+    for t, log_snr in ((0, 9.21), (990, -5.56), (999, -5.74)):
+        assert abs(s.log_snr(t).item() - log_snr) < 0.006
+    ref = _clipped_cosine_float32()
+    assert (s.alpha_bar - ref.double()).abs().max().item() < 1e-6
+    # the clip is active at both ends: 13 betas raised to 1e-4, the noisy end capped at 0.02
+    assert s.betas.min().item() == pytest.approx(1e-4)
+    assert s.betas.max().item() == pytest.approx(0.02)
+    assert int((s.betas >= 0.02 - 1e-9).sum()) == 98
+    # another clip range is another schedule, with its own name
+    other = CosineSchedule(beta_min=1e-4, beta_max=0.03)
+    assert other.name == "cosine-clip0.0001-0.03"
+    assert (other.alpha_bar - _clipped_cosine_float32(beta_max=0.03).double()).abs().max() < 1e-6
+    assert CosineSchedule.named("study").alpha_bar.equal(s.alpha_bar)
+
+
+def test_schedule_config_group_builds_both_presets():
+    from explore.config import build, compose
+
+    study = build(compose("train", ["diffusion=study"]).diffusion)
+    cosine = build(compose("train", ["diffusion=cosine"]).diffusion)
+    assert study.name == "study" and cosine.name == "cosine"
+    assert build(compose("train").diffusion).name == "study"  # the default
+
+
+def test_bad_schedule_values_are_named():
+    from explore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="beta_min"):
+        CosineSchedule(beta_min=0.1, beta_max=0.02)
+    with pytest.raises(ConfigError, match="unknown noise schedule 'linear'"):
+        CosineSchedule.named("linear")
+    with pytest.raises(ConfigError, match="precision"):
+        CosineSchedule(precision="float16")
+
+
+def test_unclipped_cosine_matches_closed_form_and_the_old_values():
+    s = CosineSchedule.named("cosine")
     T, off = 1000, 0.008
     f = lambda t: math.cos(((t / T) + off) / (1 + off) * math.pi / 2) ** 2  # noqa: E731
     # alpha_bar[t] = prod_{k<=t} (1 - beta_k) = f(t+1)/f(0) while no beta is clipped
@@ -16,6 +70,10 @@ def test_cosine_schedule_matches_closed_form():
     assert s.betas.max().item() <= 0.999 + 1e-12
     assert torch.all(s.alpha_bar[1:] < s.alpha_bar[:-1])
     assert s.log_snr(0) > 9 and s.log_snr(999) < -15
+    # STUDY.md's "unclipped cosine" column
+    assert abs(s.alpha_bar[0].item() - 0.99996) < 5e-6
+    assert float(f"{s.alpha_bar[990].item():.3g}") == 1.97e-4
+    assert float(f"{s.alpha_bar[999].item():.3g}") == 2.43e-9
 
 
 def test_q_sample_mixes_signal_and_noise():

@@ -62,8 +62,8 @@ def test_lift_run_rows_grids_heatmaps(lift_run, eval_cfg):
     assert ema["ema_share_low"] == "False" and got[0]["ema_share_low"] == "True"  # 1 - .9^4 < .5
     assert (lift_run / "eval" / "grids" / "epoch_0002_ema_dp_total.png").stat().st_size > 0
     heatmaps = sorted(p.name for p in (lift_run / "eval" / "heatmaps").iterdir())
-    assert "epoch_0002_raw_g4_k1_n2_s42.npz" in heatmaps
-    assert "epoch_0002_raw_g4_k1_n2_s42.png" in heatmaps
+    assert "epoch_0002_raw_study_g4_k1_n2_s42.npz" in heatmaps
+    assert "epoch_0002_raw_study_g4_k1_n2_s42.png" in heatmaps
 
 
 def test_skip_force_and_resume(lift_run, eval_cfg, monkeypatch, tmp_path):
@@ -84,7 +84,7 @@ def test_skip_force_and_resume(lift_run, eval_cfg, monkeypatch, tmp_path):
     done = [(r["weights"], r["path"]) for r in rows(run / "eval" / "fid.csv")
             if r["epoch"] == "2" and r["path"] in ("diagonal", "dp_64")]
     assert len(done) == 2  # the two finished rows survived
-    heatmap = run / "eval" / "heatmaps" / "epoch_0002_ema_g4_k1_n2_s42.npz"
+    heatmap = run / "eval" / "heatmaps" / "epoch_0002_ema_study_g4_k1_n2_s42.npz"
     before = heatmap.stat().st_mtime_ns
     calls["n"] = -100
     ev.evaluate(cfg)  # resumes: only the missing rows
@@ -118,6 +118,8 @@ def test_original_study_checkpoint_evaluates_without_conversion(tmp_path, eval_c
     # share estimated from 400 epochs x (64 images // 64) steps
     assert float(got[0]["ema_share"]) == pytest.approx(1 - 0.9999**400, abs=1e-4)
     assert (out_dir / "run.json").is_file()  # analysis can read it as a run
+    # the original trained with its clipped schedule: scored with it, and the row says so
+    assert {(r["schedule"], r["final_step"]) for r in got} == {("study", "study")}
 
 
 def test_clear_errors(tmp_path, lift_run, eval_cfg):
@@ -166,3 +168,39 @@ def test_a_smoke_run_is_evaluated_with_its_presets_eval_settings(lift_run):
     assert got.eval.heatmap.num_probes == 2                                # the rest: the run's
     named = [f"run_dir={lift_run}", "experiment=smoke"]
     assert ev.with_run_eval_defaults(compose("evaluate", named), named).eval.heatmap.grid_size == 10
+
+
+def test_a_run_trained_before_the_schedule_was_recorded_keeps_the_unclipped_one(
+        tmp_path, eval_cfg, caplog):
+    run = train(compose("train", ["experiment=smoke", "device=cpu", "model=lift",
+                                  "diffusion=cosine", "model.hidden_dims=[8,16]",
+                                  "model.image_size=16", "model.attn_min_ch=16",
+                                  "data.num_images=32", "trainer.batch_size=16",
+                                  "trainer.epochs=1", "trainer.progress=false"]),
+                tmp_path / "old")
+    path = run / "checkpoints" / "epoch_0001.pt"
+    state = torch.load(path, weights_only=False)
+    del state["config"]["diffusion"]  # what a checkpoint written before this change holds
+    torch.save(state, path)
+    with caplog.at_level("WARNING", logger="explore.evaluate"):
+        out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.weights=[raw]",
+                                   "eval.paths=[dp_total]"))
+    assert [r["schedule"] for r in rows(out)] == ["cosine"]
+    said = [r.message for r in caplog.records if "names no noise schedule" in r.message]
+    assert len(said) == 1 and "unclipped cosine" in said[0]  # said once, not per row
+    heatmaps = [p.name for p in (run / "eval" / "heatmaps").glob("*.npz")]
+    assert heatmaps == ["epoch_0001_raw_cosine_g4_k1_n2_s42.npz"]
+    # the same run trained with the study's schedule: another row, never a replacement
+    state["config"]["diffusion"] = compose("train").diffusion
+    from omegaconf import OmegaConf
+    state["config"]["diffusion"] = OmegaConf.to_container(state["config"]["diffusion"])
+    torch.save(state, path)
+    ev.evaluate(eval_cfg(f"run_dir={run}", "eval.weights=[raw]", "eval.paths=[dp_total]",
+                         "eval.final_step=alpha_one"))
+    assert sorted((r["schedule"], r["final_step"]) for r in rows(out)) == [
+        ("cosine", "study"), ("study", "alpha_one")]
+
+
+def test_final_step_is_checked(lift_run, eval_cfg):
+    with pytest.raises(ConfigError, match="final_step='last'"):
+        ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.final_step=last"))

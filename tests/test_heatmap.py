@@ -311,3 +311,18 @@ def test_mismatching_fast_path_falls_back_to_torch_func(batched, tiny_model, sch
     assert "does not match" in caplog.text
     np.testing.assert_allclose(again.error_64, batched.error_64, rtol=1e-5)
     np.testing.assert_allclose(again.error_32, batched.error_32, rtol=1e-5)
+
+
+def test_gamma_and_dp_log_snr_grid_follow_the_schedule(tiny_model, images):
+    """The heatmap's chain-rule factor and the DP's log-SNR grid come from the run's schedule:
+    at t = 999 the study's gamma is ~311 (log-SNR -5.74), the unclipped cosine's ~4e8 (-19.8)."""
+    study, cosine = CosineSchedule.named("study"), CosineSchedule.named("cosine")
+    g_study, g_cos = gamma_snr(study, np.array([999, 0])), gamma_snr(cosine, np.array([999, 0]))
+    assert g_study[0] == pytest.approx(311, rel=0.01) and g_cos[0] == pytest.approx(4.1e8, rel=0.05)
+    a = error_heatmap(tiny_model, study, images, grid_size=4, num_probes=1, seed=0,
+                      progress=False)
+    b = error_heatmap(tiny_model, cosine, images, grid_size=4, num_probes=1, seed=0,
+                      progress=False)
+    assert a.log_snr[0] == pytest.approx(-5.74, abs=0.01)
+    assert b.log_snr[0] == pytest.approx(-19.84, abs=0.01)
+    assert not np.allclose(a.error_64, b.error_64)

@@ -179,3 +179,19 @@ def test_cli_help_and_smoke_run(tmp_path):
                          cwd=REPO)
     assert out.returncode == 1 and "GPU 3" in out.stdout + out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_schedule_is_recorded_and_a_run_from_before_resumes_only_with_its_own(tiny_cfg,
+                                                                               tmp_path):
+    run = train(tiny_cfg("trainer.epochs=1", "diffusion=cosine"), tmp_path / "run")
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["schedule"]["name"] == "cosine" and meta["schedule"]["beta_max"] == 0.999
+    path = run / "checkpoints" / "epoch_0001.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["config"]["diffusion"]["beta_max"] == 0.999
+    del state["config"]["diffusion"]  # a checkpoint written before the schedule was recorded
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match="diffusion"):  # the study's default: refused
+        train(tiny_cfg("resume=true"), run)
+    train(tiny_cfg("resume=true", "diffusion=cosine"), run)  # its own schedule: continues
+    assert [e for e, _ in ckpt.list_checkpoints(run)] == [1, 2]
