@@ -1,25 +1,25 @@
 """Load a study's run folders into tidy pandas frames (load -> tidy frame -> plot).
 
-Result-file contract, one folder per run (found anywhere below a study folder by its
-``run.json``):
+The files of a run folder are `explore.runfiles`' contract (found anywhere below a study folder
+by their ``run.json``):
 
-- ``run.json``: run, model, seed, ema_decay (primary), ema_decays, dataset, image_size,
-  epochs, steps_per_epoch, batch_size.
+- ``run.json`` (`RunInfo`): run, model, seed, ema_decay (primary), ema_decays, schedule,
+  dataset, image_size, epochs, steps_per_epoch, batch_size.
 - ``metrics.csv``: training, one row per epoch (loss, loss_64/loss_32 for LIFT, ``ema_*``
   diagnostics, ``ema_*@<decay>`` for extra tracked decays).
-- ``eval/fid.csv``: one row per (epoch, weights, path); weights ``raw``, ``ema`` (the run's
-  primary decay), ``ema@<decay>``, ``phema@<sigma_rel>``.
+- ``eval/fid.csv`` (`FID_COLUMNS`): one row per measurement; weights ``raw``, ``ema`` (the run's
+  primary decay), ``ema@<decay>``, ``phema@<sigma_rel>`` (`parse_weights`).
 
 Every eval row gets derived columns: ``series`` ("Baseline", "LIFT DP-Total", ...), ``kind``
 (raw / ema / phema), ``decay`` (the decay of that weight set; NaN for raw and phema),
 ``weights_id`` (a canonical weight-set name, equal for ``ema`` and ``ema@d`` of the same d),
 ``variant`` (the label used in tables: "raw", "EMA 0.9999", "post-hoc EMA σrel 0.1") and
-``protocol`` (dataset, image size, number of images, sampling steps, extractor).
+``protocol`` (dataset, image size, number of images, sampling steps, extractor, noise schedule,
+final DDIM step).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,9 +27,20 @@ from pathlib import Path
 
 import pandas as pd
 
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.csv"
-FID_FILE = "eval/fid.csv"
+from explore.errors import UserError
+from explore.runfiles import (
+    EMA_SHARE_LOW,
+    FID_COLUMNS,
+    FID_FILE,
+    LEGACY_VALUES,
+    METRICS_FILE,
+    PROTOCOL_COLUMNS,
+    RUN_FILE,
+    find_run_dirs,
+    fmt_value,
+    parse_weights,
+    read_run_info,
+)
 
 # (model, sampling path) -> label; the order here is the order of rows, columns and colours.
 SERIES = {
@@ -42,23 +53,15 @@ SERIES_ORDER = list(SERIES.values())
 MODEL_NAMES = {"baseline": "Baseline", "lift": "LIFT"}
 
 # FID numbers made under different values of these are never compared (STUDY.md, FID protocol).
-PROTOCOL_KEYS = ["dataset", "image_size", "num_images", "num_steps", "extractor", "schedule",
-                 "final_step"]
+PROTOCOL_KEYS = PROTOCOL_COLUMNS
 # Two eval rows with equal values here measured the same network with the same weight set.
 NETWORK_KEYS = ["model", "seed", "protocol", "epoch", "path", "weights_id"]
 RUN_KEYS = ["run", "model", "seed", "ema_decay", "dataset", "image_size"]
-FID_COLUMNS = [
-    "run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step", "weights",
-    "path", "num_steps", "num_images", "extractor", "schedule", "final_step", "fid", "ema_share",
-    "ema_share_low", "seconds",
-]
-# eval rows written before the schedule and final step were recorded used these
-LEGACY_PROTOCOL = {"schedule": "cosine", "final_step": "alpha_one"}
 # Run-level columns of the metrics frame that start with "ema_" but are not diagnostics.
 _NOT_EMA_DIAGNOSTICS = {"ema_decay", "ema_decays"}
 
 
-class NoRunsFoundError(FileNotFoundError):
+class NoRunsFoundError(UserError, FileNotFoundError):
     """No run folder (one holding run.json) below the folders the user named."""
 
 
@@ -73,9 +76,7 @@ class Study:
     metrics: pd.DataFrame
 
 
-def fmt_num(x: float) -> str:
-    """Shortest faithful text of a decay or sigma (0.9999, not 0.9999000001 nor 1)."""
-    return f"{x:.10g}"
+fmt_num = fmt_value  # the weight-set names' number format (explore.runfiles)
 
 
 def model_name(model: str) -> str:
@@ -93,29 +94,6 @@ def series_label(model: str, path: str) -> str:
 def series_rank(label: str) -> tuple[int, str]:
     """Sort key: the study's series first, in SERIES order, unknown ones after by name."""
     return (SERIES_ORDER.index(label), "") if label in SERIES_ORDER else (len(SERIES), label)
-
-
-def parse_weights(weights: str, run_decay: float) -> tuple[str, float, str, str]:
-    """Parse a ``weights`` cell into (kind, decay, weights_id, variant).
-
-    ``ema`` means the run's primary decay, so ``ema`` of a 0.999 run and ``ema@0.999`` of a
-    0.9999 run get the same weights_id and variant: they are the same average.
-    """
-    name, _, arg = str(weights).partition("@")
-    try:
-        value = float(arg) if arg else math.nan
-    except ValueError:
-        return "other", math.nan, str(weights), str(weights)
-    if name == "raw" and not arg:
-        return "raw", math.nan, "raw", "raw"
-    if name == "ema":
-        decay = value if arg else run_decay
-        if pd.isna(decay):  # an EMA row of a run that names no decay: keep it, unlabelled
-            return "ema", math.nan, "ema", "EMA"
-        return "ema", float(decay), f"ema@{fmt_num(decay)}", f"EMA {fmt_num(decay)}"
-    if name == "phema" and arg:
-        return "phema", math.nan, f"phema@{fmt_num(value)}", f"post-hoc EMA σrel {fmt_num(value)}"
-    return "other", math.nan, str(weights), str(weights)
 
 
 def protocol_label(row: pd.Series) -> str:
@@ -142,21 +120,9 @@ def training_group(info: dict) -> str:
     return f"{model_name(info['model'])}, {ema}, {info['dataset']} {info['image_size']}px"
 
 
-def find_run_dirs(roots: Iterable[str | Path]) -> list[Path]:
-    """Run folders at or below each root (a folder holding run.json), sorted, without repeats."""
-    found: set[Path] = set()
-    for root in map(Path, roots):
-        if (root / RUN_FILE).is_file():
-            found.add(root.resolve())
-        found.update(p.parent.resolve() for p in root.rglob(RUN_FILE))
-    return sorted(found)
-
-
 def _read_run_info(run_dir: Path) -> dict:
-    info = json.loads((run_dir / RUN_FILE).read_text())
-    info.setdefault("run", run_dir.name)
-    info.setdefault("ema_decays", [])
-    info["ema_decay"] = math.nan if info.get("ema_decay") is None else float(info["ema_decay"])
+    info = read_run_info(run_dir).to_dict()
+    info["ema_decay"] = math.nan if info["ema_decay"] is None else float(info["ema_decay"])
     info["dir"] = str(run_dir)
     info["group"] = training_group(info)
     return info
@@ -179,7 +145,7 @@ def _read_fid(run_dir: Path, info: dict) -> pd.DataFrame | None:
     for column in FID_COLUMNS:
         if column not in fid:
             fid[column] = math.nan
-    for column, value in LEGACY_PROTOCOL.items():
+    for column, value in LEGACY_VALUES.items():  # rows from before the column existed
         fid[column] = fid[column].fillna(value)
     # The folder says whose rows these are; run.json is the authority on identity.
     for key in RUN_KEYS + ["group"]:
@@ -189,14 +155,16 @@ def _read_fid(run_dir: Path, info: dict) -> pd.DataFrame | None:
     fid["path"] = fid["path"].fillna("").astype(str)
     # A missing flag is derived from the share (the contract's threshold: half initial weights).
     low = _as_bool(fid["ema_share_low"])
-    fid["ema_share_low"] = low.where(low.notna(), fid["ema_share"] < 0.5).astype(bool)
+    fid["ema_share_low"] = low.where(low.notna(), fid["ema_share"] < EMA_SHARE_LOW).astype(bool)
     return fid
 
 
 def _derive(fid: pd.DataFrame) -> pd.DataFrame:
     """Add series, kind, decay, weights_id, variant and protocol columns."""
     parsed = [parse_weights(w, d) for w, d in zip(fid["weights"], fid["ema_decay"], strict=True)]
-    kind, decay, weights_id, variant = zip(*parsed, strict=True) if parsed else ([],) * 4
+    kind, decay, weights_id, variant = (
+        zip(*[(p.kind, p.decay, p.id, p.label) for p in parsed], strict=True) if parsed
+        else ([],) * 4)
     return fid.assign(
         series=[series_label(m, p) for m, p in zip(fid["model"], fid["path"], strict=True)],
         kind=list(kind),

@@ -13,13 +13,14 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import hydra
 import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from explore.errors import UserError
+
 from .figures import ema_figure, fid_figure, save_figure, training_figure
-from .load import NoRunsFoundError, Study, dedupe_networks, ema_diagnostics, fmt_num, load_study
+from .load import Study, dedupe_networks, ema_diagnostics, fmt_num, load_study
 from .missing import find_missing
 from .tables import (
     LOW_MARK,
@@ -62,7 +63,7 @@ def _seeds(values: Iterable) -> str:
     return ", ".join(map(str, sorted(flat)))
 
 
-class FormatError(ValueError):
+class FormatError(UserError, ValueError):
     """A figure format matplotlib cannot write."""
 
 
@@ -249,19 +250,16 @@ def make_report(
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
-def main(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> None:
     """CLI: ``python -m analysis.report study_dir=... | runs=[...] [out=...]``."""
     runs = cfg.runs
     # runs=outputs/a (one folder, no brackets) arrives as a string, not a list.
     runs = [runs] if isinstance(runs, str) else OmegaConf.to_container(runs) if runs else None
-    try:
-        report = make_report(cfg.study_dir, runs, cfg.out, tuple(cfg.formats))
-    except (NoRunsFoundError, FormatError) as error:
-        # A clear one-line error, not a traceback: the user named a wrong folder or format.
-        raise SystemExit(f"analysis.report: {error}") from None
+    report = make_report(cfg.study_dir, runs, cfg.out, tuple(cfg.formats))
     log.info("report: %s", report)
 
 
 if __name__ == "__main__":
-    main()
+    from explore.cli import hydra_entry
+
+    hydra_entry("report", _run, logger="analysis.report")()

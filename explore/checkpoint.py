@@ -1,9 +1,9 @@
-"""Checkpoint files: atomic writes, validated reads, and finding a run's checkpoints.
+"""Checkpoint files: atomic writes and validated reads (where they live: explore.runfiles).
 
 A training checkpoint (`<run>/checkpoints/epoch_NNNN.pt`) is one dict holding all run state:
-
-    model_state, ema_state {decay, shadow, ...} | None, ema_decay, optimizer, lr_schedule,
-    grad_scaler, epoch, step, rng, config (resolved), history (per-epoch metrics rows), format
+`Training.state_dict()` (model_state, ema_state {decay, shadow, ...} | None, ema_decay, emas,
+optimizer, lr_schedule, grad_scaler) and epoch, step, rng, config (resolved), history
+(per-epoch metrics rows), model_kind, format.
 
 `model_state`, `ema_state` = {decay, shadow: name -> tensor} and `ema_decay` are the layout of
 the original study's checkpoints (`lift_ema_400ep.pth`), which therefore load here unchanged.
@@ -12,7 +12,6 @@ the original study's checkpoints (`lift_ema_400ep.pth`), which therefore load he
 from __future__ import annotations
 
 import pickle
-import re
 import zipfile
 from pathlib import Path
 
@@ -20,28 +19,23 @@ import torch
 
 from .errors import UserError
 from .files import atomic_write
+from .runfiles import RunFolder
 
 FORMAT = "explore-ema-study/1"
-_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
-_ORIGINAL_RE = re.compile(r"_(\d+)ep\.pth?$")
 
 
 class CheckpointError(UserError):
     """A checkpoint file that cannot be used; the message names the file."""
 
 
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
-    return checkpoint_dir(run_dir) / f"epoch_{epoch:04d}.pt"
+def save_file(obj, path: str | Path) -> Path:
+    """torch.save `obj` to `path` atomically."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """torch.save `state` to `path` atomically."""
-    state = {"format": FORMAT, **state}
-    return atomic_write(path, lambda f: torch.save(state, f))
+    """A training checkpoint (tagged with FORMAT), written atomically."""
+    return save_file({"format": FORMAT, **state}, path)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", trusted: bool = False) -> dict:
@@ -74,29 +68,9 @@ def load_checkpoint(path: str | Path, map_location="cpu", trusted: bool = False)
     return state
 
 
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(epoch, path) of `<run>/checkpoints/epoch_NNNN.pt`, oldest first."""
-    folder = checkpoint_dir(run_dir)
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _EPOCH_RE.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def epoch_from_name(path: str | Path) -> int | None:
-    """Epoch in a checkpoint's name: epoch_0400.pt or the original study's lift_ema_400ep.pth."""
-    name = Path(path).name
-    m = _EPOCH_RE.match(name) or _ORIGINAL_RE.search(name)
-    return int(m.group(1)) if m else None
-
-
 def latest_valid_checkpoint(run_dir: str | Path, log=None) -> tuple[Path, dict] | None:
     """The newest checkpoint of a run that loads, skipping (and reporting) broken ones."""
-    for _, path in reversed(list_checkpoints(run_dir)):
+    for _, path in reversed(RunFolder(run_dir).checkpoints()):
         try:
             return path, load_checkpoint(path)
         except CheckpointError as e:

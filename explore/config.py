@@ -61,4 +61,6 @@ def to_plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
+# at import: every process that composes or resolves a config (a Hydra app, a submitit job
+# resolving hydra.sweep.subdir, the study's job functions) imports this module first
 register_resolvers()

@@ -13,22 +13,32 @@ class DeviceError(UserError):
     pass
 
 
+def parse_device(spec) -> str | int:
+    """"auto", "cpu" or a GPU index, from auto | cpu | N | cuda | cuda:N (any case, None =
+    auto). The one parser of device settings: `resolve_device`, the study's device pool and the
+    local_devices launcher all read `device=` through it."""
+    text = str(spec).strip().lower() if spec is not None else "auto"
+    if text in ("auto", "cpu"):
+        return text
+    if text == "":
+        return "auto"
+    index = "0" if text == "cuda" else text.removeprefix("cuda:")
+    if not index.isdigit():
+        raise DeviceError(f"device={spec!r} is not understood: use auto, cpu, a GPU index "
+                          f"like 0, or cuda:0")
+    return int(index)
+
+
 def resolve_device(spec) -> torch.device:
     """auto: the first visible GPU, else the CPU. An explicit GPU that is not there is an error,
     never a silent fall-back to the CPU (a study that should take days on a GPU would quietly
     take years)."""
-    text = str(spec).strip().lower() if spec is not None else "auto"
-    if text in ("auto", ""):
+    parsed = parse_device(spec)
+    if parsed == "auto":
         return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
-    if text == "cpu":
+    if parsed == "cpu":
         return torch.device("cpu")
-    index = text[len("cuda:"):] if text.startswith("cuda:") else text
-    if text == "cuda":
-        index = "0"
-    if not index.isdigit():
-        raise DeviceError(f"device={spec!r} is not understood: use auto, cpu, a GPU index "
-                          f"like 0, or cuda:0")
-    index = int(index)
+    index = parsed
     mask = os.environ.get("CUDA_VISIBLE_DEVICES")
     mask_note = (f" (CUDA_VISIBLE_DEVICES={mask!r} masks the machine's GPUs: inside a job given "
                  f"one GPU, that GPU is device=0)" if mask is not None else "")

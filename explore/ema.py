@@ -474,6 +474,12 @@ class _Averaging:
         """Tell the average its run folder and planned optimizer steps (only PostHocEMA uses
         them: snapshots go to <run>/phema/)."""
 
+    def plan(self, total_steps: int) -> None:  # TEMP shim until the ema package lands
+        pass
+
+    def snapshot_due(self) -> bool:
+        return False
+
     @property
     def decays(self) -> list[float]:
         """Decays of the exponential tracks, primary first."""

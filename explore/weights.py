@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .ema import SNAPSHOT_DIR, averaging_window, copy_by_name, ema_name, strip_prefixes
+from .ema import averaging_window, copy_by_name, ema_name, strip_prefixes
 from .errors import UserError
+from .runfiles import RunFolder
 
 log = logging.getLogger("explore.weights")
 
-RECONSTRUCTED_GLOB = "epoch_{epoch:04d}_*.pt"
 
 
 class WeightsError(UserError):
@@ -142,9 +142,8 @@ def reconstructed_sets(run_dir: str | Path, epoch: int, have: dict[str, WeightSe
     """The post-hoc EMAs explore.posthoc reconstructed for `epoch` of a run, by name; a name the
     checkpoint tracks itself (`have`) keeps the tracked weights (the reconstruction of a tracked
     profile is a check of the method, not another weight set)."""
-    folder = Path(run_dir) / SNAPSHOT_DIR / "reconstructed"
     sets: dict[str, WeightSet] = {}
-    for path in sorted(folder.glob(RECONSTRUCTED_GLOB.format(epoch=epoch))):
+    for path in RunFolder(run_dir).reconstructions(epoch):
         try:  # memory-mapped: the tensors are read when the set is loaded into the model
             rec = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is named and skipped

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from explore.runfiles import TRAIN_LOG
+
 from .pool import Slot
 
 
@@ -38,7 +40,7 @@ def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     from explore.train import train
 
     run = Path(run_dir)
-    _setup(run, slot, "train.log")
+    _setup(run, slot, TRAIN_LOG)
     try:
         cfg = compose("train", list(overrides) + [f"device={slot.device_arg}", "resume=true",
                                                   "trainer.progress=false"])

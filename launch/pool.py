@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from explore.devices import DeviceError, parse_device
 from explore.errors import ConfigError
 
 
@@ -59,22 +62,24 @@ def make_slots(devices, cpu_jobs: int | None = None, cores: int | None = None) -
     list of GPU indices. CPU: `cpu_jobs` at once (default: one per two cores), the cores split
     between them."""
     cores = cores or os.cpu_count() or 1
-    spec = devices
-    if spec is None or str(spec).lower() == "auto":
+    items = list(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) \
+        else [devices]
+    try:
+        parsed = [parse_device(d) for d in items]
+    except DeviceError as e:
+        raise ConfigError(f"devices={devices!r}: use auto, cpu, or GPU indices like [0,1]") from e
+    if parsed == ["auto"]:
         gpus = visible_gpus()
-        spec = gpus if gpus else "cpu"
-    if isinstance(spec, str) and spec.lower() == "cpu":
+        parsed = gpus if gpus else ["cpu"]
+    if parsed == ["cpu"]:
         n = int(cpu_jobs) if cpu_jobs else max(1, cores // 2)
         if n < 1:
             raise ConfigError(f"study.cpu_jobs={cpu_jobs} must be >= 1")
         threads = max(1, cores // n)
         return [Slot("cpu", k, threads) for k in range(n)]
-    if isinstance(spec, (int, str)):
-        spec = [spec]
-    try:
-        wanted = [int(str(d).removeprefix("cuda:")) for d in spec]
-    except ValueError as e:
-        raise ConfigError(f"devices={devices!r}: use auto, cpu, or GPU indices like [0,1]") from e
+    wanted = [d for d in parsed if isinstance(d, int)]
+    if len(wanted) != len(parsed):
+        raise ConfigError(f"devices={devices!r}: a list of GPU indices, or one of auto, cpu")
     have = visible_gpus()
     missing = [d for d in wanted if d not in have]
     if missing:

@@ -22,12 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from explore import checkpoint as ckpt
-from explore.config import compose, ema_tag, register_resolvers
-from explore.errors import ConfigError, UserError
+from explore.config import compose, ema_tag
+from explore.errors import ConfigError
+from explore.runfiles import RunFolder
 
 from .jobs import eval_job, train_job
 from .pool import DeviceQueue, Ticket, make_slots
@@ -50,8 +49,12 @@ class Run:
     state: str = "queued"
     note: str = ""
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.dir)
+
     def trained(self) -> bool:
-        found = ckpt.list_checkpoints(self.dir)
+        found = self.folder.checkpoints()
         return bool(found) and found[-1][0] >= self.epochs
 
 
@@ -125,10 +128,10 @@ def describe(run: Run) -> str:
     ticket = run.tickets[-1] if run.tickets else None
     where = f" [{ticket.slot.label}]" if ticket is not None and ticket.slot else ""
     if run.state == "training":
-        epoch = _count_rows(run.dir / "metrics.csv")
+        epoch = _count_rows(run.folder.metrics)
         return f"training epoch {epoch}/{run.epochs}{where}"
     if run.state == "evaluating":
-        return f"evaluating ({_count_rows(run.dir / 'eval' / 'fid.csv')} rows){where}"
+        return f"evaluating ({_count_rows(run.folder.fid_csv)} rows){where}"
     if run.state == "failed":
         return f"FAILED: {run.note}"
     return run.state + (f" ({run.note})" if run.note else "")
@@ -174,7 +177,7 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
                          else (eval_job, run.eval_overrides))
         run.tickets.append(queue.submit(Ticket(f"{run.name}:{stage}", fn,
                                                (str(run.dir), overrides),
-                                               run.dir / "logs")))
+                                               run.folder.logs_dir)))
         run.state = "queued"
         run.note = "to train" if stage == "training" else "to evaluate"
 
@@ -216,7 +219,7 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
     progress.update(final=True)
 
     report = None
-    evaluated = [r for r in runs if (r.dir / "eval" / "fid.csv").is_file()]
+    evaluated = [r for r in runs if r.folder.fid_csv.is_file()]
     if cfg.study.report and evaluated:
         from analysis.report import make_report
 
@@ -232,11 +235,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-register_resolvers()
-
-
-@hydra.main(config_path="../conf", config_name="launch_study", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = list(HydraConfig.get().overrides.task)
@@ -244,9 +243,6 @@ def main(cfg: DictConfig) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _, runs = run_study(cfg, overrides)
-    except UserError as e:
-        log.error("%s", e)
-        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     if any(r.state == "failed" for r in runs):
@@ -254,4 +250,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from explore.cli import hydra_entry
+
+    hydra_entry("launch_study", _run, logger="launch.study")()

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from explore.diffusion import CosineSchedule, baseline_loss, lift_loss
 from explore.models import BaselineUNet, LiftUNet
@@ -86,13 +87,44 @@ def test_q_sample_mixes_signal_and_noise():
     assert torch.allclose(xt[1], torch.full((3, 4, 4), ab[999].sqrt().item()))
 
 
+class _Constant(nn.Module):
+    """A 'model' that records its inputs and predicts a constant eps, so the loss is known."""
+
+    def __init__(self, lift: bool):
+        super().__init__()
+        self.lift, self.seen = lift, []
+
+    def forward(self, *args):
+        self.seen.append(args)
+        xs = args[:2] if self.lift else args[:1]
+        out = tuple(torch.full_like(x, 0.25) for x in xs)
+        return out if self.lift else out[0]
+
+
+def _noise_of(s, x_t, x0, t):
+    """eps recovered from x_t = sqrt(ab) x0 + sqrt(1 - ab) eps."""
+    ab = s.alpha_bar.float()[t].view(-1, 1, 1, 1)
+    return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+
 def test_losses_are_mse_of_noise():
-    torch.manual_seed(0)
     s = CosineSchedule()
-    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
-    out = baseline_loss(BaselineUNet([8, 16], 16, 16), s, x0)
-    assert out["loss"].ndim == 0 and out["loss"] > 0
-    out = lift_loss(LiftUNet([8, 16], 16, 16), s, x0)
+    x0 = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    model = _Constant(lift=False)
+    out = baseline_loss(model, s, x0, generator=torch.Generator().manual_seed(0))
+    x_t, t = model.seen[0]
+    eps = _noise_of(s, x_t, x0, t)
+    assert eps.std().item() == pytest.approx(1.0, abs=0.1)  # it is the drawn noise
+    assert out["loss"].item() == pytest.approx(((0.25 - eps) ** 2).mean().item(), rel=1e-4)
+
+    model = _Constant(lift=True)
+    out = lift_loss(model, s, x0, generator=torch.Generator().manual_seed(0))
+    x_hi, x_lo, t_hi, t_lo = model.seen[0]
+    eps_hi = _noise_of(s, x_hi, x0, t_hi)
+    eps_lo = _noise_of(s, x_lo, torch.nn.functional.interpolate(
+        x0, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=False), t_lo)
+    assert out["loss_64"].item() == pytest.approx(((0.25 - eps_hi) ** 2).mean().item(), rel=1e-4)
+    assert out["loss_32"].item() == pytest.approx(((0.25 - eps_lo) ** 2).mean().item(), rel=1e-3)
     assert torch.allclose(out["loss"], out["loss_64"] + out["loss_32"])
 
 

@@ -56,7 +56,11 @@ def test_lift_run_rows_grids_heatmaps(lift_run, eval_cfg):
         ("2", "ema", "dp_total"), ("2", "raw", "dp_total")]
     r = got[-1]
     assert r["model"] == "lift" and r["extractor"] == "randconv-256" and r["num_images"] == "24"
-    assert r["step"] == "8" and float(r["fid"]) >= 0 and r["ema_share"] == ""
+    assert r["step"] == "8" and r["ema_share"] == ""
+    fids = {(x["epoch"], x["weights"]): float(x["fid"]) for x in got}
+    assert all(0 < f < 1e3 for f in fids.values())  # finite, and these models are far from data
+    # raw and EMA weights of one checkpoint are different networks: different FIDs
+    assert fids[("2", "raw")] != fids[("2", "ema")]
     ema = got[-2]
     assert float(ema["ema_share"]) == pytest.approx(1 - 0.9**8, abs=1e-4)
     assert ema["ema_share_low"] == "False" and got[0]["ema_share_low"] == "True"  # 1 - .9^4 < .5
@@ -204,3 +208,35 @@ def test_a_run_trained_before_the_schedule_was_recorded_keeps_the_unclipped_one(
 def test_final_step_is_checked(lift_run, eval_cfg):
     with pytest.raises(ConfigError, match="final_step='last'"):
         ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.final_step=last"))
+
+
+def test_each_weight_set_is_scored_with_its_own_weights(tmp_path, eval_cfg, monkeypatch):
+    """The model that generates the `ema` row holds the checkpoint's EMA shadow, the `raw` row's
+    its model_state; and the two FIDs differ (a trained smoke checkpoint, EMA 0.9)."""
+    run = train(compose("train", ["experiment=smoke", "device=cpu", "model=baseline",
+                                  "model.hidden_dims=[8,16]", "model.image_size=16",
+                                  "model.attn_min_ch=16", "data.num_images=64",
+                                  "trainer.batch_size=16", "trainer.epochs=2",
+                                  "trainer.progress=false", "ema.decay=0.9"]),
+                tmp_path / "base")
+    seen = []
+    real_generate = ev.generate
+
+    def spy(ctx, model, *a, **kw):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_generate(ctx, model, *a, **kw)
+
+    monkeypatch.setattr(ev, "generate", spy)
+    out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.epochs=[2]"))
+    got = rows(out)
+    assert [r["weights"] for r in got] == ["ema", "raw"]  # fid.csv is sorted; generation order:
+    by_name = dict(zip(["raw", "ema"], seen))              # raw first, then the averages
+    state = torch.load(run / "checkpoints" / "epoch_0002.pt", weights_only=True)
+    shadow, raw = state["ema_state"]["shadow"], state["model_state"]
+    differs = [k for k in shadow if not torch.equal(shadow[k], raw[k])]
+    assert differs  # the EMA is not the raw weights after 8 steps at decay 0.9
+    for k in shadow:
+        assert torch.equal(by_name["ema"][k], shadow[k]), k
+        assert torch.equal(by_name["raw"][k], raw[k]), k
+    fid = {r["weights"]: float(r["fid"]) for r in got}
+    assert fid["raw"] != fid["ema"]

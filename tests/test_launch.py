@@ -233,12 +233,14 @@ def test_multirun_through_the_local_devices_launcher(tmp_path):
 @pytest.mark.slow
 def test_multirun_failure_exits_non_zero(tmp_path):
     cmd = [sys.executable, "-m", "explore.train", "-m", "model=lift", "experiment=smoke",
-           "device=cpu", "data=folder", f"data.root={tmp_path / 'missing'}",
+           "device=cpu", "data=folder", f"data.root={tmp_path / 'nowhere'}",
            "hydra/launcher=local_devices", "hydra.launcher.poll_s=0.2",
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "missing" in proc.stdout + proc.stderr
+    # the job's own error reaches the user, naming the folder and what to do
+    out = proc.stdout + proc.stderr
+    assert f"data.root={tmp_path / 'nowhere'} does not exist: point data.root at a folder" in out
 
 
 @pytest.mark.slow

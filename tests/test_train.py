@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from explore import checkpoint as ckpt
-from explore import train as train_mod
+from explore import training as training_mod
 from explore.checkpoint import CheckpointError, load_checkpoint
 from explore.devices import DeviceError
 from explore.errors import ConfigError
-from explore.train import NonFiniteLossError, train
+from explore.runfiles import RunFolder
+from explore.train import train
+from explore.training import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,7 +36,7 @@ def test_train_writes_run_folder(tiny_cfg, tmp_path, model):
         expected |= {"loss_64", "loss_32"}
     assert expected <= set(rows[0])
     assert float(rows[1]["ema_share"]) == pytest.approx(1 - 0.9**8)
-    assert [p.name for _, p in ckpt.list_checkpoints(run)] == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert [p.name for _, p in RunFolder(run).checkpoints()] == ["epoch_0001.pt", "epoch_0002.pt"]
     state = load_checkpoint(run / "checkpoints" / "epoch_0002.pt")
     assert state["epoch"] == 2 and state["step"] == 8 and state["ema_decay"] == 0.9
     assert set(state["ema_state"]) >= {"decay", "shadow"}
@@ -101,7 +103,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tiny_cfg, tmp_path, monkeyp
 
 
 def test_non_finite_loss_stops_with_epoch_step_and_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    real = train_mod.loss_fn_for
+    real = training_mod.loss_fn_for
     calls = {"n": 0}
 
     def poisoned(model):
@@ -115,7 +117,7 @@ def test_non_finite_loss_stops_with_epoch_step_and_checkpoint(tiny_cfg, tmp_path
             return out
         return loss
 
-    monkeypatch.setattr(train_mod, "loss_fn_for", poisoned)
+    monkeypatch.setattr(training_mod, "loss_fn_for", poisoned)
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as err:
         train(tiny_cfg("ema.decay=0.9"), run)
@@ -131,7 +133,8 @@ def test_non_finite_loss_stops_with_epoch_step_and_checkpoint(tiny_cfg, tmp_path
     ("trainer.precision=fp8", ConfigError, "trainer.precision='fp8'"),
     ("optim.lr_schedule=linear", ConfigError, "optim.lr_schedule='linear'"),
     ("trainer.grad_accum=3", ConfigError, "not divisible"),
-    ("device=7", DeviceError, "GPU 7"),
+    # one past the GPUs this machine has (0 here), so it is missing on any machine
+    (f"device={torch.cuda.device_count()}", DeviceError, f"GPU {torch.cuda.device_count()}"),
     ("device=gpu0", DeviceError, "not understood"),
     ("data.num_images=8", Exception, "fewer than one batch"),
 ])
@@ -175,9 +178,10 @@ def test_cli_help_and_smoke_run(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (run / "checkpoints" / "epoch_0001.pt").is_file()
     # a user error exits 1 with the message, not a traceback
-    out = subprocess.run(env_cmd + overrides + ["device=3"], capture_output=True, text=True,
+    gpu = torch.cuda.device_count()  # one past the last GPU: missing on any machine
+    out = subprocess.run(env_cmd + overrides + [f"device={gpu}"], capture_output=True, text=True,
                          cwd=REPO)
-    assert out.returncode == 1 and "GPU 3" in out.stdout + out.stderr
+    assert out.returncode == 1 and f"GPU {gpu}" in out.stdout + out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -194,4 +198,4 @@ def test_schedule_is_recorded_and_a_run_from_before_resumes_only_with_its_own(ti
     with pytest.raises(ConfigError, match="diffusion"):  # the study's default: refused
         train(tiny_cfg("resume=true"), run)
     train(tiny_cfg("resume=true", "diffusion=cosine"), run)  # its own schedule: continues
-    assert [e for e, _ in ckpt.list_checkpoints(run)] == [1, 2]
+    assert [e for e, _ in RunFolder(run).checkpoints()] == [1, 2]

@@ -18,16 +18,14 @@ log = logging.getLogger(__name__)
 
 def device_pin(overrides: Sequence[str]) -> tuple[int | None, bool]:
     """(GPU index a job's `device=` override asks for, whether it asks for the CPU)."""
+    from explore.devices import parse_device
+
     for o in overrides:
         key, _, value = o.partition("=")
         if key.lstrip("+") != "device":
             continue
-        value = value.strip().lower()
-        if value == "cpu":
-            return None, True
-        digits = value.removeprefix("cuda:")
-        if digits.isdigit():
-            return int(digits), False
+        parsed = parse_device(value)
+        return (parsed, False) if isinstance(parsed, int) else (None, parsed == "cpu")
     return None, False
 
 
