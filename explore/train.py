@@ -34,7 +34,7 @@ from .config import CONF_DIR, build, register_resolvers, to_plain
 from .data import DataError, ImageSet, to_float
 from .devices import resolve_device, use_channels_last
 from .diffusion import loss_fn_for
-from .ema import EMA, averaging_window
+from .ema import EMA, SNAPSHOT_DIR, averaging_window, snapshot_path
 from .errors import ConfigError, UserError
 from .files import atomic_write
 
@@ -232,8 +232,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
     precision = PRECISIONS[str(cfg.trainer.precision)]
     scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
     ema: EMA | None = build(cfg.ema, model=model) if ema_enabled(cfg) else None
-    if ema is not None:  # a post-hoc EMA writes its snapshots to <run>/phema/
-        ema.bind(run_dir, epochs * steps_per_epoch)
+    if ema is not None:  # a post-hoc EMA snapshots to <run>/phema/, auto: over the planned run
+        ema.plan(epochs * steps_per_epoch)
     state = RunState()
 
     if found is not None:
@@ -312,6 +312,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
                 scheduler.step()
                 if ema is not None:
                     ema.update()
+                    if ema.snapshot_due():
+                        atomic_write(snapshot_path(run_dir / SNAPSHOT_DIR, ema.step),
+                                     lambda f: torch.save(ema.snapshot(), f))
             state.step += 1
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
