@@ -30,7 +30,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .ema import averaging_window, copy_by_name, ema_name, strip_prefixes
+from .ema import (
+    TrackInfo,
+    averaging_window,
+    copy_by_name,
+    ema_name,
+    strip_prefixes,
+    track_info,
+)
 from .errors import UserError
 from .runfiles import RunFolder
 
@@ -91,30 +98,19 @@ class WeightSet:
         return f"EMA decay {self.decay}"
 
 
-def _ema_updates(ema_state: dict, state: dict, steps_per_epoch: int | None) -> tuple[int | None,
-                                                                                     bool]:
-    if "num_updates" in ema_state:
-        return int(ema_state["num_updates"]) * int(ema_state.get("update_every", 1)), False
-    epoch = state.get("epoch", state.get("epochs"))
-    if epoch is not None and steps_per_epoch:
-        return int(epoch) * int(steps_per_epoch), True
-    return None, False
+def _from_info(name: str, info: TrackInfo, reconstructed: bool = False) -> WeightSet:
+    """A weight set from one EMA state read by explore.ema.track_info."""
+    if info.kind == "phema":
+        return WeightSet(name, info.shadow, None, info.updates, False, info.init_weight,
+                         info.window_steps, info.sigma_rel, reconstructed)
+    return WeightSet(name, info.shadow, info.decay, info.updates, info.estimated,
+                     info.init_weight)
 
 
 def _from_state(name: str, ema_state: dict, state: dict, steps_per_epoch: int | None
                 ) -> WeightSet:
     """A weight set from one EMA state (ema_state or an entry of emas)."""
-    updates, estimated = _ema_updates(ema_state, state, steps_per_epoch)
-    init_weight = ema_state.get("init_weight")
-    if ema_state.get("kind") == "phema":
-        sigma_rel = float(ema_state["sigma_rel"])
-        return WeightSet(name, ema_state["shadow"], None, updates, False,
-                         0.0 if init_weight is None else float(init_weight),
-                         float(ema_state.get("window_steps", sigma_rel * (updates or 0))),
-                         sigma_rel)
-    decay = float(ema_state.get("decay", state.get("ema_decay")))
-    return WeightSet(name, ema_state["shadow"], decay, updates, estimated,
-                     None if init_weight is None else float(init_weight))
+    return _from_info(name, track_info(ema_state, state, steps_per_epoch))
 
 
 def weight_sets(state: dict, steps_per_epoch: int | None = None) -> dict[str, WeightSet]:
@@ -124,16 +120,16 @@ def weight_sets(state: dict, steps_per_epoch: int | None = None) -> dict[str, We
     ema_state = state.get("ema_state")
     if not ema_state:
         return sets
+    info = track_info(ema_state, state, steps_per_epoch)
     primary = None
-    if ema_state.get("kind", "ema") == "ema":
-        sets["ema"] = _from_state("ema", ema_state, state, steps_per_epoch)
-        primary = ema_state.get("name") or ema_name(sets["ema"].decay)
+    if info.kind == "ema":
+        sets["ema"] = _from_info("ema", info)
+        primary = info.name or ema_name(info.decay)
     for name, sub in (state.get("emas") or {}).items():
         if name != primary:  # the primary is `ema` already: one evaluation per average
             sets[name] = _from_state(name, sub, state, steps_per_epoch)
-    if ema_state.get("kind") == "phema" and ema_state.get("name") not in sets:
-        sets[ema_state["name"]] = _from_state(ema_state["name"], ema_state, state,
-                                              steps_per_epoch)
+    if info.kind == "phema" and info.name not in sets:
+        sets[info.name] = _from_info(info.name, info)
     return sets
 
 
@@ -149,15 +145,13 @@ def reconstructed_sets(run_dir: str | Path, epoch: int, have: dict[str, WeightSe
         except Exception as e:  # noqa: BLE001 - any unreadable file is named and skipped
             log.warning("skipping unreadable post-hoc EMA %s: %s", path, e)
             continue
-        name = rec["name"]
+        info = track_info(rec)
+        name = info.name
         if have and name in have:
             log.info("%s is tracked in the checkpoint: evaluating the tracked weights, not the "
                      "reconstruction %s", name, path.name)
             continue
-        sets[name] = WeightSet(name, rec["shadow"], None, int(rec["step"]), False,
-                               float(rec.get("init_weight", 0.0)),
-                               float(rec.get("window_steps", rec["sigma_rel"] * rec["step"])),
-                               float(rec["sigma_rel"]), reconstructed=True)
+        sets[name] = _from_info(name, info, reconstructed=True)
     return sets
 
 

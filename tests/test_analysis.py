@@ -298,5 +298,6 @@ def test_cli_writes_the_report_and_leaves_no_litter(tmp_path):
     command = [sys.executable, "-m", "analysis.report", f"study_dir={tmp_path / 'nothing'}"]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert f"no run folders (holding run.json) found in: {tmp_path / 'nothing'}" in done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert f"no run folders (holding run.json) found in: {tmp_path / 'nothing'}" in said
     assert "Traceback" not in done.stderr

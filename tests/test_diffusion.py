@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from explore.diffusion import CosineSchedule, baseline_loss, lift_loss
-from explore.models import BaselineUNet, LiftUNet
+from explore.models import LiftUNet
 
 
 def _clipped_cosine_float32(beta_min=1e-4, beta_max=0.02, T=1000, s=0.008):

@@ -183,7 +183,7 @@ def run_scalar(ema, model, values):
 
 
 def reference(values, decay_at, start=0.0, debias=False):
-    """Plain float64 loop of the module docstring's formulas."""
+    """Plain float64 loop of the formulas in explore.ema.exponential's docstring."""
     s, m, prod, out = start, 0.0, 1.0, []
     for t, v in enumerate(values):
         d = decay_at(t)

@@ -16,13 +16,19 @@ from explore import posthoc as ph
 from explore.checkpoint import load_checkpoint
 from explore.config import compose
 from explore.ema import (
+    EMA,
     SIGMA_REL_MAX,
+    SNAPSHOT_FORMAT,
+    EMABank,
     PostHocEMA,
     gamma_to_sigma_rel,
     phema_name,
     sigma_rel_to_gamma,
 )
+from explore.ema import reconstruction as rc
 from explore.errors import ConfigError
+from explore.files import atomic_write
+from explore.runfiles import RunFolder
 from explore.train import train
 from explore.weights import reconstructed_sets, weight_sets
 
@@ -59,21 +65,21 @@ def test_profile_inner_product_matches_quadrature():
     for (ta, ga), (tb, gb) in [((500, 6.94), (900, 16.97)), ((900, 2.0), (300, 0.5)),
                                ((700, 6.94), (700, 6.94))]:
         numeric = np.trapezoid(profile(ta, ga) * profile(tb, gb), tau)
-        assert ph.profile_inner(ta, ga, tb, gb) == pytest.approx(numeric, rel=1e-4)
+        assert rc.profile_inner(ta, ga, tb, gb) == pytest.approx(numeric, rel=1e-4)
 
 
 def test_coefficients_pick_a_source_equal_to_the_target():
     steps, gammas = [100, 200, 300, 300], [6.94, 6.94, 6.94, 16.97]
-    fit = ph.solve_coefficients(steps, gammas, 300, 16.97)
+    fit = rc.solve_coefficients(steps, gammas, 300, 16.97)
     assert fit.coefficients == pytest.approx([0, 0, 0, 1], abs=1e-6)
     assert fit.profile_error < 1e-6 and fit.coefficients.sum() == pytest.approx(1)
 
 
 def test_sigma_rel_for_an_exponential_decay():
     # std of an exponential EMA: sqrt(d) / (1 - d) steps = 999.5 for 0.999; at step 5000: 0.2
-    assert ph.sigma_rel_for_decay(0.999, 5000) == 0.2
+    assert rc.sigma_rel_for_decay(0.999, 5000) == 0.2
     with pytest.raises(ConfigError, match="longer than any power profile"):
-        ph.sigma_rel_for_decay(0.9999, 5000)
+        rc.sigma_rel_for_decay(0.9999, 5000)
 
 
 # -- the tracked profile ------------------------------------------------------------------------
@@ -103,13 +109,15 @@ def random_walk(tmp_path, steps, every, sigma_rels=(0.05, 0.10, 0.15)):
     torch.manual_seed(0)
     model = nn.Linear(400, 5)
     ema = PostHocEMA(model, sigma_rels=sigma_rels, snapshot_every=every)
-    ema.bind(tmp_path)
     drift = [0.01 * torch.randn_like(p) for p in model.parameters()]
     for _ in range(steps):
         with torch.no_grad():
             for p, d in zip(model.parameters(), drift):
                 p.add_(d + 0.05 * torch.randn_like(p))
         ema.update()
+        if ema.snapshot_due():  # what the training loop does
+            atomic_write(RunFolder(tmp_path).snapshot(ema.step),
+                         lambda f: torch.save(ema.snapshot(), f))
     return model, ema
 
 
@@ -118,14 +126,14 @@ def test_reconstruction_of_a_tracked_profile_matches_it(tmp_path):
     model, ema = random_walk(tmp_path, 600, 20)
     results = {}
     for label, every in (("dense", 1), ("sparse", 5)):  # 30 vs 6 snapshot times
-        sources = ph.find_sources(tmp_path, [0.05, 0.15])[every - 1::every]
-        target = ph.Target(phema_name(0.1), 0.1, sigma_rel_to_gamma(0.1))
-        weights = ph.reconstruct([target], sources, 600)[target.name]
+        sources = rc.find_sources(tmp_path, [0.05, 0.15])[every - 1::every]
+        target = rc.Target(phema_name(0.1), 0.1, sigma_rel_to_gamma(0.1))
+        weights = rc.reconstruct([target], sources, 600)[target.name]
         tracked = ema.track("phema@0.1").shadow
         raw = {k: v.detach() for k, v in model.state_dict().items()}
-        results[label] = (ph.compare(weights, tracked, raw), target.fit.profile_error)
+        results[label] = (rc.compare(weights, tracked, raw), target.fit.profile_error)
     check, profile_error = results["dense"]
-    assert len(ph.find_sources(tmp_path, [0.05, 0.15])) == 60
+    assert len(rc.find_sources(tmp_path, [0.05, 0.15])) == 60
     assert check["rel_rms_diff"] < REL_TOL and profile_error < 5e-3
     assert check["max_abs_diff"] < 1e-3
     assert results["sparse"][0]["rel_rms_diff"] > REL_TOL  # the tolerance can fail
@@ -133,6 +141,47 @@ def test_reconstruction_of_a_tracked_profile_matches_it(tmp_path):
 
 # -- training, the app and evaluation ------------------------------------------------------------
 PHEMA = ["ema=posthoc", "ema.sigma_rels=[0.05,0.1]", "ema.snapshot_every=2"]
+
+
+def test_snapshots_are_written_by_the_training_loop_not_by_update(tiny_cfg, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = nn.Linear(3, 2)
+    ema = PostHocEMA(model, sigma_rels=[0.05, 0.1], snapshot_every="auto")
+    ema.plan(96)  # auto: 96 // 32 = every 3 steps
+    due = []
+    for _ in range(7):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update()
+        due.append(ema.snapshot_due())
+    assert due == [False, False, True, False, False, True, False]
+    assert list(tmp_path.iterdir()) == []  # updating alone writes nothing, anywhere
+    snap = ema.snapshot()
+    assert list(snap) == ["format", "step", "emas"] and snap["format"] == SNAPSHOT_FORMAT
+    assert snap["step"] == 7 and list(snap["emas"]) == ["phema@0.05", "phema@0.1"]
+    assert torch.equal(snap["emas"]["phema@0.1"]["shadow"]["weight"],
+                       ema.track("phema@0.1").shadow["weight"])
+    assert not PostHocEMA(model, sigma_rels=[0.1], snapshot_every=None).snapshot_due()
+    for other in (EMABank(model, decays=[0.9, 0.5]), EMA(model, decay=0.9)):
+        other.plan(96)
+        other.update()
+        assert not other.snapshot_due()
+
+    # the training loop writes them: snapshot_every=auto, 8 steps -> every step, 1..8
+    run = train(tiny_cfg("ema=posthoc", "ema.sigma_rels=[0.05,0.1]"), tmp_path / "run")
+    names = sorted(p.name for p in RunFolder(run).phema_dir.iterdir())
+    assert names == [RunFolder(run).snapshot(s).name for s in range(1, 9)]
+    for epoch, step in ((1, 4), (2, 8)):  # the same states as the checkpoints at those steps
+        snap = torch.load(RunFolder(run).snapshot(step), weights_only=True)
+        saved = load_checkpoint(run / "checkpoints" / f"epoch_{epoch:04d}.pt")["emas"]
+        assert list(snap) == ["format", "step", "emas"] and snap["format"] == SNAPSHOT_FORMAT
+        assert snap["step"] == step and list(snap["emas"]) == list(saved)
+        for name, state in saved.items():
+            assert snap["emas"][name]["step"] == step
+            assert snap["emas"][name]["decay_product"] == state["decay_product"]
+            for k, v in state["shadow"].items():
+                assert torch.equal(snap["emas"][name]["shadow"][k], v), (name, k)
 
 
 def test_posthoc_resume_is_bitwise_identical(tiny_cfg, tmp_path):
