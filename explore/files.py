@@ -1,31 +1,55 @@
-"""Writing files so that a crash never leaves half a file under its final name."""
+"""Writing files so that a crash never leaves half a file under its final name, a full disk says
+so in one sentence, and the temporaries of killed writers do not pile up.
+
+Every file is written to a temporary `.<name>.<pid>.<random>.tmp` beside it, fsynced, then renamed
+over the final name: the previous file stays complete until the new one is. A write that fails
+removes its temporary; a process killed mid-write cannot, so `remove_stale_temporaries` (called
+by training at start, while it holds the run's lock) removes those of writers no longer alive.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import UserError
 
-def atomic_write(path: str | Path, write) -> Path:
+_TMP_SUFFIX = ".tmp"
+
+
+class DiskFullError(UserError):
+    """A write failed because the file system is full; the previous file is intact."""
+
+
+def atomic_write(path: str | Path, write, expected_bytes: int | None = None) -> Path:
     """Call `write(file_object)` on a temporary file beside `path`, fsync, then rename.
 
     A crash at any point leaves either the previous file or nothing under `path`, never a
-    half-written one (the temporary file is removed on error).
+    half-written one (the temporary file is removed on error). A full file system raises
+    `DiskFullError` naming it, its free space and the bytes needed (`expected_bytes`, when the
+    caller knows them), instead of the writer's own error (torch.save's is "unexpected pos").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX,
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = _size(tmp)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, Exception) and _is_disk_full(e):
+            raise disk_full_error(path, max(expected_bytes or 0, written),
+                                  exact=expected_bytes is not None) from e
         raise
     # make the rename itself durable
     with contextlib.suppress(OSError):
@@ -39,3 +63,91 @@ def atomic_write(path: str | Path, write) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain, or torch.save's report of a short write."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "unexpected pos" in text:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the file system holding `path` (or its nearest existing parent)."""
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    while not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the file system of `path` (or of its nearest existing parent)."""
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def disk_full_error(path: Path, needed: int, exact: bool = False) -> DiskFullError:
+    fs = mount_point(path.parent)
+    need = (f"it needs {fmt_bytes(needed)}" if exact
+            else f"at least {fmt_bytes(needed)} were written before it failed")
+    return DiskFullError(
+        f"writing {path} failed: the file system at {fs} is full ({fmt_bytes(free_bytes(fs))} "
+        f"free; {need}). The previous {path.name}, if any, is intact. Free space there, or "
+        f"write less: checkpoint.every (snapshots every N epochs), "
+        f"checkpoint.snapshot_dtype=bfloat16 (half size), checkpoint.keep_last=N.")
+
+
+def remove_stale_temporaries(folders, owner_alive=None) -> tuple[int, int]:
+    """Remove temporaries of `atomic_write` left by writers that are no longer alive (their pid
+    is in the name); returns (files, bytes) removed. `owner_alive(pid) -> bool` defaults to
+    "a process with that pid exists on this machine"."""
+    alive = owner_alive or _pid_alive
+    count = size = 0
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for p in folder.glob(f".*{_TMP_SUFFIX}"):
+            parts = p.name.split(".")  # '', name..., pid, random, 'tmp'
+            pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+            if pid is not None and pid != os.getpid() and alive(pid):
+                continue
+            size += _size(str(p))
+            with contextlib.suppress(OSError):
+                p.unlink()
+                count += 1
+    return count, size
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -9,7 +9,9 @@ No torch import: analysis/ uses it without loading torch.
       run.json                         the run's identity (`RunInfo`), written by training
       metrics.csv                      training, one row per epoch
       train.log                        the training log
-      checkpoints/epoch_NNNN.pt        checkpoints (explore.checkpoint)
+      train.lock                       held (host, pid) while a training process writes here
+      checkpoints/epoch_NNNN.pt        snapshots: what evaluation reads (explore.checkpoint)
+      checkpoints/last.pt              the rolling resume state (optimizer, RNG, position)
       phema/snapshot_NNNNNNNNN.pt      power-function EMA snapshots (ema=posthoc)
       phema/reconstructed/epoch_NNNN_<weights>.pt   post-hoc EMAs (explore.posthoc)
       eval/fid.csv                     one row per measurement (`FID_COLUMNS`, keyed by `FID_KEY`)
@@ -39,7 +41,9 @@ CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.csv"
 TRAIN_LOG = "train.log"
+LOCK_FILE = "train.lock"
 CHECKPOINT_DIR = "checkpoints"
+LAST_FILE = f"{CHECKPOINT_DIR}/last.pt"
 PHEMA_DIR = "phema"
 RECONSTRUCTED_DIR = "reconstructed"
 EVAL_DIR = "eval"
@@ -78,6 +82,8 @@ class RunFolder:
     run_json = property(lambda self: self.path / RUN_FILE)
     metrics = property(lambda self: self.path / METRICS_FILE)
     train_log = property(lambda self: self.path / TRAIN_LOG)
+    lock = property(lambda self: self.path / LOCK_FILE)
+    last = property(lambda self: self.path / LAST_FILE)
     checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)
     phema_dir = property(lambda self: self.path / PHEMA_DIR)
     reconstructed_dir = property(lambda self: self.path / PHEMA_DIR / RECONSTRUCTED_DIR)
@@ -91,13 +97,17 @@ class RunFolder:
         return self.checkpoint_dir / f"epoch_{epoch:04d}.pt"
 
     def checkpoints(self) -> list[tuple[int, Path]]:
-        """(epoch, path) of checkpoints/epoch_NNNN.pt, oldest first."""
+        """(epoch, path) of the snapshots checkpoints/epoch_NNNN.pt, oldest first."""
         folder = self.checkpoint_dir
         if not folder.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in folder.iterdir()
                  if (m := _EPOCH_RE.match(p.name))]
         return sorted(found)
+
+    def written_folders(self) -> list[Path]:
+        """The folders training writes to (where its stale temporaries can lie)."""
+        return [self.path, self.checkpoint_dir, self.phema_dir]
 
     def snapshot(self, step: int) -> Path:
         """A power-function EMA snapshot at optimizer step `step`."""
@@ -159,6 +169,7 @@ class RunInfo:
     steps_per_epoch: int | None = None    # optimizer steps per epoch
     batch_size: int | None = None
     device: str | None = None
+    changes: list = field(default_factory=list)  # settings changed on resume (optim.lr)
     source: str = "training"              # training | checkpoint (a lone checkpoint's folder)
 
     def to_dict(self) -> dict:

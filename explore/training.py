@@ -115,16 +115,31 @@ class Training:
                 "grad_scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
+        """Everything `state_dict()` saved; a snapshot (no optimizer) restores the weights and
+        averages, puts the LR schedule at its step, and leaves the optimizer fresh."""
         from .checkpoint import CheckpointError
 
         self.model.load_state_dict(state["model_state"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_schedule.load_state_dict(state["lr_schedule"])
-        self.scaler.load_state_dict(state["grad_scaler"])
         if self.ema is not None:
             if state.get("ema_state") is None:
                 raise CheckpointError(f"{source} was trained without EMA; resume it with ema=off")
             self.ema.load_checkpoint_entries(state, str(source))  # every tracked average
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
+            self.scaler.load_state_dict(state["grad_scaler"])
+        else:
+            self.lr_schedule.last_epoch = int(state["step"])
+            self.set_lr(self.lr_schedule.base_lrs[0])
+
+    def set_lr(self, lr: float) -> None:
+        """A new base learning rate from the current step on (resuming with optim.lr=...)."""
+        sched = self.lr_schedule
+        sched.base_lrs = [float(lr)] * len(sched.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            group["initial_lr"] = float(lr)
+            group["lr"] = float(lr) * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
 def build_training(cfg: DictConfig, device: torch.device, total_steps: int) -> Training:

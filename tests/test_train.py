@@ -40,7 +40,12 @@ def test_train_writes_run_folder(tiny_cfg, tmp_path, model):
     state = load_checkpoint(run / "checkpoints" / "epoch_0002.pt")
     assert state["epoch"] == 2 and state["step"] == 8 and state["ema_decay"] == 0.9
     assert set(state["ema_state"]) >= {"decay", "shadow"}
-    assert {"optimizer", "lr_schedule", "grad_scaler", "rng", "config", "history"} <= set(state)
+    # a snapshot holds what evaluation reads; the resume state, what continuing needs
+    assert {"model_state", "ema_state", "emas", "config", "history"} <= set(state)
+    assert not {"optimizer", "lr_schedule", "grad_scaler", "rng"} & set(state)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert {"optimizer", "lr_schedule", "grad_scaler", "rng", "model_state", "emas"} <= set(last)
+    assert last["epoch"] == 2 and last["batch"] == 0
     meta = json.loads((run / "run.json").read_text())
     assert meta["model"] == model and meta["ema_decay"] == 0.9 and meta["steps_per_epoch"] == 4
 
@@ -102,7 +107,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tiny_cfg, tmp_path, monkeyp
     assert load_checkpoint(run / "checkpoints" / "epoch_0003.pt")["step"] == 12
 
 
-def test_non_finite_loss_stops_with_epoch_step_and_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_its_advice_works(tiny_cfg, tmp_path, monkeypatch):
     real = training_mod.loss_fn_for
     calls = {"n": 0}
 
@@ -119,14 +124,28 @@ def test_non_finite_loss_stops_with_epoch_step_and_checkpoint(tiny_cfg, tmp_path
 
     monkeypatch.setattr(training_mod, "loss_fn_for", poisoned)
     run = tmp_path / "run"
+    overrides = ["ema.decay=0.9"]
     with pytest.raises(NonFiniteLossError) as err:
-        train(tiny_cfg("ema.decay=0.9"), run)
+        train(tiny_cfg(*overrides), run, command=overrides)
     msg = str(err.value)
-    assert "epoch 2" in msg and "step 6" in msg and "epoch_0001.pt" in msg
+    assert "epoch 2" in msg and "step 6" in msg and "last.pt (epoch 1 done)" in msg
+    lr = float(tiny_cfg().optim.lr) / 2
+    advice = f"python -m explore.train ema.decay=0.9 resume=true optim.lr={lr:g} " \
+             f"hydra.run.dir={run}"
+    assert advice in msg
     # nothing non-finite was saved, and the EMA never saw it
     state = load_checkpoint(run / "checkpoints" / "epoch_0001.pt")
     assert all(torch.isfinite(v).all() for v in state["ema_state"]["shadow"].values())
     assert not (run / "checkpoints" / "epoch_0002.pt").exists()
+    assert "non-finite loss" in (run / "train.log").read_text()  # the reason is in the log
+    # the advice, as given: continues with the lower learning rate, recorded in the history
+    train(tiny_cfg(*advice.split()[3:-1]), run)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr)
+    assert last["changes"] == [{"epoch": 1, "step": 4, "setting": "optim.lr",
+                                "from": 2 * lr, "to": lr}]
+    assert json.loads((run / "run.json").read_text())["changes"] == last["changes"]
+    assert [r["lr"] for r in read_csv(run / "metrics.csv")] == [str(2 * lr), str(lr)]
 
 
 @pytest.mark.parametrize("override, error, match", [

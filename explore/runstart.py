@@ -1,0 +1,179 @@
+"""Starting a training run: where to continue from, whether that is the same experiment, and
+what the run folder records about itself (config.yaml, run.json, the first log lines).
+
+Everything here before `write_run_start` only reads, so a refused or failed start leaves the
+run folder as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import checkpoint as ckpt
+from .config import CONF_DIR, to_plain
+from .data import DataError, ImageSet
+from .ema import averaging_window
+from .errors import ConfigError
+from .files import atomic_write
+from .runfiles import RunFolder, RunInfo, write_run_info
+from .runstate import RunState
+from .training import Training, set_rng_state
+
+log = logging.getLogger("explore.train")
+
+# Settings that define what a run *is*: resuming with any of them changed would silently
+# produce a different experiment under the old name.
+IDENTITY_KEYS = ("model", "data", "diffusion", "ema", "optim", "seed", "trainer.batch_size",
+                 "trainer.grad_accum", "trainer.grad_clip")
+# ... except these, which a resume may change (the non-finite-loss advice: a lower optim.lr);
+# the change is logged and kept in the run's history (`changes` in run.json and checkpoints)
+MAY_CHANGE = ("optim.lr", "optim.optimizer.lr")
+
+
+def resume_point(cfg: DictConfig, run: RunFolder) -> tuple[Path, dict] | None:
+    """The state to continue from with resume=true: last.pt, or when it is missing or broken
+    the newest snapshot (optimizer reset, with a warning). A run folder that already holds
+    checkpoints without resume=true, or a resume with another experiment's config, is an
+    error."""
+    resume = str(cfg.resume).lower() == "true"
+    if not resume:
+        if run.checkpoints() or run.last.is_file():
+            newest = run.last if run.last.is_file() else run.checkpoints()[-1][1]
+            raise ConfigError(f"{run.path} already holds checkpoints (newest: {newest.name}); "
+                              f"pass resume=true to continue that run, or choose another "
+                              f"hydra.run.dir for a new one")
+        return None
+    found = None
+    if run.last.is_file():
+        try:
+            found = run.last, ckpt.load_checkpoint(run.last)
+        except ckpt.CheckpointError as e:
+            log.warning("the resume state is unusable (%s): falling back to the newest snapshot",
+                        e)
+    if found is None:
+        found = ckpt.latest_valid_checkpoint(run.path, log=log.warning)
+        if found is not None and "optimizer" not in found[1]:
+            log.warning("resuming from the snapshot %s: it holds no optimizer state, so AdamW "
+                        "restarts its moments (not bit-identical to an uninterrupted run)",
+                        found[0])
+    if found is None:
+        log.info("resume=true but %s has no checkpoint yet: starting from scratch", run.path)
+        return None
+    diffs = config_differences(found[1].get("config") or {}, to_plain(cfg))
+    if diffs:
+        raise ConfigError(f"resume=true, but the config differs from the one {found[0]} "
+                          f"was trained with: {'; '.join(diffs)}. Start a new run folder "
+                          f"for a different experiment.")
+    return found
+
+
+def _get(tree, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _without(tree: dict, keys) -> dict:
+    tree = OmegaConf.to_container(OmegaConf.create(tree))  # a deep copy
+    for key in keys:
+        *parents, last = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return tree
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """The IDENTITY_KEYS that differ (MAY_CHANGE excepted), as "key: old -> new"."""
+    if old and "diffusion" not in old:  # saved before the schedule was recorded: the cosine one
+        old = {**old, "diffusion": OmegaConf.to_container(
+            OmegaConf.load(CONF_DIR / "diffusion" / "cosine.yaml"))}
+    old, new = _without(old, MAY_CHANGE), _without(new, MAY_CHANGE)
+    return [f"{key}: {_get(old, key)} -> {_get(new, key)}" for key in IDENTITY_KEYS
+            if _get(old, key) != _get(new, key)]
+
+
+def restore(training: Training, found: tuple[Path, dict], cfg: DictConfig) -> RunState:
+    """Load the state into `training`; apply (and record) a changed optim.lr."""
+    path, saved = found
+    training.load_state_dict(saved, source=path)
+    state = RunState.from_dict(saved)
+    if "rng" in saved:
+        set_rng_state(saved["rng"])
+    old, new = _get(saved.get("config") or {}, "optim.lr"), float(cfg.optim.lr)
+    if old is not None and float(old) != new:
+        training.set_lr(new)
+        state.changes.append({"epoch": state.epoch, "step": state.step,
+                              "setting": "optim.lr", "from": float(old), "to": new})
+        log.warning("optim.lr changed on resume at step %d: %g -> %g (recorded in the run's "
+                    "history)", state.step, float(old), new)
+    return state
+
+
+def batches_per_epoch(data: ImageSet, batch_size: int) -> int:
+    steps = len(data) // int(batch_size)
+    if steps == 0:
+        raise DataError(f"{data.name} has {len(data)} images, fewer than one batch of "
+                        f"trainer.batch_size={batch_size}")
+    return steps
+
+
+def write_run_start(run: RunFolder, cfg: DictConfig, training: Training, data: ImageSet,
+                    steps_per_epoch: int, state: RunState) -> None:
+    """config.yaml and run.json, and the start of the log: what this run is."""
+    ema, epochs = training.ema, int(cfg.trainer.epochs)
+    atomic_write(run.config, lambda f: f.write(OmegaConf.to_yaml(to_plain(cfg)).encode()))
+    write_run_info(run.path, RunInfo(
+        run=run.name, model=training.kind, seed=int(cfg.seed),
+        ema_decay=ema.decay if ema is not None else None,
+        ema_decays=ema.decays if ema is not None else [],
+        ema_sigma_rels=ema.sigma_rels if ema is not None else [],
+        schedule=training.schedule.describe(), dataset=data.name, image_size=data.image_size,
+        num_images=len(data), epochs=epochs, steps_per_epoch=steps_per_epoch,
+        batch_size=int(cfg.trainer.batch_size), device=str(training.device),
+        changes=state.changes))
+    model, schedule = training.model, training.schedule
+    log.info("%s: %s, %.2fM parameters, %d images (%s), %d steps/epoch, device %s, noise "
+             "schedule %s (alpha_bar %.4g .. %.3g)", run.path, type(model).__name__,
+             sum(p.numel() for p in model.parameters()) / 1e6, len(data), data.name,
+             steps_per_epoch, training.device, schedule.name, schedule.alpha_bar[0],
+             schedule.alpha_bar[-1])
+    if ema is not None:
+        describe_ema(ema, steps_per_epoch, epochs)
+
+
+def describe_ema(ema, steps_per_epoch: int, total_epochs: int) -> None:
+    """Print every tracked average's window (lag), and warn when an EMA's window is long for the
+    planned run: an EMA evaluated while it is still mostly its initial weights hides what
+    training achieved."""
+    total_steps = steps_per_epoch * total_epochs
+    for track in ema.tracks:
+        if track.kind == "phema":  # a power profile keeps a fixed fraction of the run
+            log.info("%s: power-function EMA, gamma %.2f; window sigma_rel x t = %.0f optimizer "
+                     "steps = %.2f epochs at the end of the run (%d steps)", track.name,
+                     track.gamma, track.sigma_rel * total_steps,
+                     track.sigma_rel * total_epochs, total_steps)
+            continue
+        window = averaging_window(track.decay)
+        log.info("%s: averaging window %.0f optimizer steps = %.2f epochs "
+                 "(%d steps/epoch; run: %d epochs = %d steps)", track.name, window,
+                 window / steps_per_epoch, steps_per_epoch, total_epochs, total_steps)
+        share = track.planned_share(total_steps)
+        if window > total_steps / 3 and share < 1:
+            log.warning("EMA window (%.0f steps) is longer than a third of the planned run "
+                        "(%d steps): at the end only %.0f%% of the EMA comes from trained "
+                        "weights, the rest is the initialisation. Its samples will hide "
+                        "training progress; lower ema.decay (e.g. %s) or train longer.", window,
+                        total_steps, 100 * share, _suggest_decay(total_steps))
+
+
+def _suggest_decay(total_steps: int) -> float:
+    for d in (0.9999, 0.999, 0.99, 0.9):
+        if averaging_window(d) <= total_steps / 10:
+            return d
+    return 0.9
