@@ -16,7 +16,7 @@ median of several repetitions after warm-up, with min and max, and their ratio:
   + EMA) vs a plain fp32 loop, and each speed option of the training config (trainer.precision=bf16,
   trainer.channels_last, optim.optimizer.fused, trainer.compile) against the harness defaults;
 - heatmap: the error heatmap (explore.heatmap) vs the per-cell, per-scale, per-probe jvp loop;
-- dp: the DP path (explore.paths) vs four nested loops, and whether path and cost are identical;
+- dp: the DP path (explore.dp_path) vs four nested loops, and whether path and cost are identical;
 - sampling: 18-step DDIM throughput of both models (explore.sampling vs a per-step loop).
 
 A ratio is always "how many times faster the harness is": naive time / harness time, or harness
@@ -482,7 +482,8 @@ def _batch(b: int, s: int, device: torch.device) -> torch.Tensor:
 def _heatmap_case(size: ModelSize, grid: int, batch: int, probes: int, reps: int, warmup: int,
                   device: torch.device) -> dict:
     from .diffusion import CosineSchedule
-    from .heatmap import _fast_path_supported, error_heatmap, pick_images
+    from .heatmap import error_heatmap, pick_images
+    from .models_jvp import fast_path_supported
     from .naive import naive_error_heatmap
 
     torch.manual_seed(0)
@@ -511,7 +512,7 @@ def _heatmap_case(size: ModelSize, grid: int, batch: int, probes: int, reps: int
                       "cells": cells, "probes": probes, "batch": batch, "reps": reps,
                       "warmup": warmup,
                       "tangents": ("written-out LiftUNet forward-mode pass"
-                                   if _fast_path_supported(model) else "torch.func vmap(jvp)"),
+                                   if fast_path_supported(model) else "torch.func vmap(jvp)"),
                       "harness": "explore.heatmap.error_heatmap",
                       "naive": "per cell, per scale, per probe torch.func.jvp"},
            "harness": stats["harness"], "naive": stats["naive"],
@@ -550,8 +551,8 @@ def bench_heatmap(cfg: BenchConfig, device: torch.device) -> dict:
 def synthetic_heatmap(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A heatmap-like input: gamma(SNR) at each scale's timestep times log-normal noise."""
     from .diffusion import CosineSchedule
+    from .dp_path import grid_timesteps
     from .heatmap import gamma_snr
-    from .paths import grid_timesteps
 
     schedule = CosineSchedule()
     ts = grid_timesteps(n, schedule.num_steps)
@@ -563,8 +564,8 @@ def synthetic_heatmap(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np
 
 
 def bench_dp(cfg: BenchConfig, device: torch.device) -> dict:
+    from .dp_path import optimal_path
     from .naive import naive_optimal_path
-    from .paths import optimal_path
 
     e64, e32, lam = synthetic_heatmap(cfg.dp_grid)
     args = (cfg.dp_steps, cfg.dp_max_jump)
@@ -582,7 +583,7 @@ def bench_dp(cfg: BenchConfig, device: torch.device) -> dict:
     dp64 = optimal_path(e64, zeros, lam, *args) == naive_optimal_path(e64, zeros, lam, *args)
     return {"config": {"grid": cfg.dp_grid, "steps": cfg.dp_steps, "max_jump": cfg.dp_max_jump,
                        "reps": cfg.reps, "input": "synthetic heatmap: gamma(SNR) x log-normal",
-                       "harness": "explore.paths.optimal_path",
+                       "harness": "explore.dp_path.optimal_path",
                        "naive": "four nested loops per layer (explore.naive)"},
             "harness": stats["harness"], "naive": stats["naive"],
             "ratio": _ratio(stats["naive"]["median_s"], stats["harness"]["median_s"]),

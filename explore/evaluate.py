@@ -36,10 +36,11 @@ from .config import build, register_resolvers
 from .data import ImageSet, grid_image, subset
 from .devices import resolve_device
 from .diffusion import schedule_of
+from .dp_path import fractional_grid_index, optimal_path, path_to_timesteps
 from .errors import ConfigError, UserError
 from .files import atomic_write
-from .heatmap import Heatmap, HeatmapFileError, error_heatmap, pick_images, plot_heatmap
-from .paths import fractional_grid_index, optimal_path, path_to_timesteps
+from .heatmap import Heatmap, HeatmapFileError, error_heatmap, pick_images
+from .heatmap_plot import plot_heatmap
 from .results import ResultsFile, row_key
 from .sampling import check_final_step, diagonal_path, sample_baseline, sample_lift
 from .weights import (

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .diffusion import CosineSchedule
+from .dp_path import check_step_count, grid_timesteps, prepare_inputs
 from .heatmap import (
     Heatmap,
     cell_draws,
@@ -24,16 +25,15 @@ from .heatmap import (
     model_device_dtype,
 )
 from .models import downsample
-from .paths import check_step_count, grid_timesteps, prepare_inputs
 
 # ---------------------------------------------------------------------------------------------
-# DP path: reference for explore.paths.optimal_path
+# DP path: reference for explore.dp_path.optimal_path
 # ---------------------------------------------------------------------------------------------
 
 
 def naive_optimal_path(error_64, error_32, log_snr, num_steps: int = 18, max_jump: int = 5
                        ) -> tuple[list[tuple[int, int]], float]:
-    """Same contract and result as `explore.paths.optimal_path`, with nested Python loops.
+    """Same contract and result as `explore.dp_path.optimal_path`, with nested Python loops.
 
     Loops: layers k, target cells (i2, j2), predecessors (i, j) in ascending lexicographic order,
     keeping the first strict minimum of (dp + c64) + c32: the same tie-break and float order as

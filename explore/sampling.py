@@ -17,7 +17,7 @@ The last call (`final_step`):
 
 LIFT takes a 19-point path of (t_64, t_32) pairs; each scale takes its own DDIM step to its next
 timestep. The `diagonal` path is the plain list for both scales; `dp_64` and `dp_total` come
-from the error heatmap (explore.paths).
+from the error heatmap (explore.dp_path).
 
 One seed gives the same images whatever the batch size: image i's starting noise is drawn from a
 generator seeded with (seed, i).
