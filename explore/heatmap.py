@@ -121,7 +121,7 @@ class Heatmap:
 
 
 # ------------------------------------------------------------------------------------------------
-# pieces shared with explore.naive.naive_error_heatmap
+# pieces shared with bench.naive.naive_error_heatmap
 # ------------------------------------------------------------------------------------------------
 
 

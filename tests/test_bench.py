@@ -1,4 +1,5 @@
-"""explore.bench: the whole bench on tiny models, in-process; the JSON schema, not the timings.
+"""bench (python -m bench): the whole bench on tiny models, in-process; the JSON schema, not the
+timings.
 
 Nothing here asserts a speed: timings on a shared CI machine say nothing. What is checked is that
 every field is there, every time and ratio is a positive number, and the correctness checks the
@@ -13,8 +14,9 @@ import math
 import pytest
 import torch
 
-from explore import bench
-from explore.bench import BenchConfig, ModelSize
+from bench.config import EMA_DECAY, SCHEMA, BenchConfig, ModelSize, preset_config
+from bench.report import markdown
+from bench.run import config_from_args, main, parse_args, run_bench
 
 TINY = ModelSize((8, 16), 16, 16)
 STATS = {"median_s", "min_s", "max_s", "reps", "times_s"}
@@ -35,7 +37,7 @@ TARGETS = {
 
 
 def tiny_config(**kw) -> BenchConfig:
-    cfg = bench.preset_config(quick=True, device=torch.device("cpu"), threads=1)
+    cfg = preset_config(quick=True, device=torch.device("cpu"), threads=1)
     base = dict(preset="tiny", reps=2, warmup=1, ema_size=TINY, train_size=TINY, train_batch=2,
                 train_reps=2, train_warmup=0, heatmap_size=TINY, heatmap_grid=2,
                 heatmap_probes=2, heatmap_batch=2, heatmap_reps=1,
@@ -49,7 +51,7 @@ def tiny_config(**kw) -> BenchConfig:
 
 @pytest.fixture(scope="module")
 def result() -> dict:
-    out = bench.run_bench(tiny_config(), command="pytest", log=lambda _: None)
+    out = run_bench(tiny_config(), command="pytest", log=lambda _: None)
     # what --out writes must be strict JSON (no NaN/inf) and survive a round trip
     return json.loads(json.dumps(out, allow_nan=False, default=str))
 
@@ -74,7 +76,7 @@ def _check_throughput(st: dict) -> None:
 
 def test_top_level_and_machine(result):
     assert TOP <= set(result)
-    assert result["schema"] == bench.SCHEMA and result["device"] == "cpu"
+    assert result["schema"] == SCHEMA and result["device"] == "cpu"
     assert result["torch_version"] == torch.__version__ and result["threads"] == 1
     assert MACHINE <= set(result["machine"])
     assert _positive(result["wall_seconds"])
@@ -92,7 +94,7 @@ def test_ema_section(result):
     assert _positive(ema["ratio"]) and _positive(ema["train_step_s"])
     assert _positive(ema["copy_floor"]["median_s"]) and _positive(ema["harness_vs_copy_floor"])
     assert 0 < ema["step_share_percent"] < 100  # the step includes the update
-    assert ema["config"]["parameters"] > 0 and ema["config"]["decay"] == bench.EMA_DECAY
+    assert ema["config"]["parameters"] > 0 and ema["config"]["decay"] == EMA_DECAY
     assert "train section" in ema["train_step_source"]  # same size: reuses the train figure
 
 
@@ -163,7 +165,7 @@ def test_targets(result):
 
 
 def test_markdown_table(result):
-    text = bench.markdown(result)
+    text = markdown(result)
     assert "| measurement | configuration | harness |" in text
     for row in ("| EMA update |", "| train lift |", "| heatmap |", "| DP path |",
                 "| sampling baseline |", "| target | measured |"):
@@ -172,11 +174,11 @@ def test_markdown_table(result):
 
 def test_cli_only_dp_writes_json(tmp_path, capsys):
     out = tmp_path / "sub" / "bench.json"
-    assert bench.main(["--quick", "--device", "cpu", "--only", "dp", "--reps", "1",
-                       "--threads", "1", "--out", str(out)]) == 0
+    assert main(["--quick", "--device", "cpu", "--only", "dp", "--reps", "1",
+                 "--threads", "1", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert TOP <= set(data)
-    assert data["preset"] == "quick" and data["command"].startswith("python -m explore.bench")
+    assert data["preset"] == "quick" and data["command"].startswith("python -m bench --quick")
     for name in ("train", "ema", "heatmap", "sampling"):
         assert data[name] == {"skipped": "not selected (--only)"}
     assert data["dp"]["paths_identical"] is True and data["dp"]["config"]["grid"] == 30
@@ -185,15 +187,15 @@ def test_cli_only_dp_writes_json(tmp_path, capsys):
 
 def test_presets_and_arguments():
     cpu = torch.device("cpu")
-    full = bench.preset_config(quick=False, device=cpu, threads=2)
+    full = preset_config(quick=False, device=cpu, threads=2)
     assert full.ema_size == ModelSize() and full.train_size == ModelSize()  # reference size
     assert full.heatmap_extra is not None and "compile" in full.skipped_options
-    assert bench.preset_config(False, cpu, 2, compile_on_cpu=True).train_options[-1] == \
+    assert preset_config(False, cpu, 2, compile_on_cpu=True).train_options[-1] == \
         "bf16_channels_last_fused_compile"
-    gpu = bench.preset_config(quick=False, device=torch.device("cuda:0"), threads=2)
+    gpu = preset_config(quick=False, device=torch.device("cuda:0"), threads=2)
     assert gpu.train_batch == 64 and gpu.heatmap_grid == 30 and gpu.heatmap_size == ModelSize()
     assert "compile" in gpu.train_options and not gpu.skipped_options
     with pytest.raises(SystemExit, match="unknown section"):
-        bench.config_from_args(bench.parse_args(["--only", "ema,nope", "--device", "cpu"]))
+        config_from_args(parse_args(["--only", "ema,nope", "--device", "cpu"]))
     with pytest.raises(SystemExit, match="--reps"):
-        bench.config_from_args(bench.parse_args(["--reps", "0", "--device", "cpu"]))
+        config_from_args(parse_args(["--reps", "0", "--device", "cpu"]))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.naive import naive_optimal_path
 from explore.diffusion import CosineSchedule
 from explore.dp_path import (
     check_path,
@@ -19,7 +20,6 @@ from explore.dp_path import (
     path_cost,
     path_to_timesteps,
 )
-from explore.naive import naive_optimal_path
 
 
 def _random_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

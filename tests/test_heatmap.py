@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.naive import naive_error_heatmap
 from explore import heatmap as hm_mod
 from explore import models_jvp as jvp_mod
 from explore.diffusion import CosineSchedule
@@ -24,7 +25,6 @@ from explore.heatmap import (
 )
 from explore.heatmap_plot import plot_heatmap
 from explore.models import LiftUNet
-from explore.naive import naive_error_heatmap
 
 GRID, PROBES, SEED = 4, 2, 3
 
