@@ -8,15 +8,22 @@ bench makes along the way (identical DP paths and costs, heatmap and sampling ag
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from bench.config import EMA_DECAY, SCHEMA, BenchConfig, ModelSize, preset_config
-from bench.report import markdown
+from bench.config import EMA_DECAY, KINDS, SCHEMA, SECTIONS, BenchConfig, ModelSize, preset_config
+from bench.report import markdown, targets
 from bench.run import config_from_args, main, parse_args, run_bench
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = ModelSize((8, 16), 16, 16)
 STATS = {"median_s", "min_s", "max_s", "reps", "times_s"}
@@ -153,15 +160,91 @@ def test_sampling_section(result):
         assert res["max_abs_diff_uint8"] <= 2
 
 
+# target -> (where its figure is in the JSON, comparison, threshold, the device it is judged on);
+# written out here, independently of bench.report.targets, to recompute every `holds`
+RULES = {
+    "EMA update vs naive (CPU)": (("ema", "ratio"), ">=", 4, "cpu"),
+    "EMA share of a training step": (("ema", "step_share_percent"), "<", 3, None),
+    "DP vs nested loops, same path and cost": (("dp", "ratio"), ">=", 20, None),
+    "heatmap vs per-cell, per-probe loop": (("heatmap", "main", "ratio"), ">=", 3, None),
+    **{f"training {k} vs naive fp32 loop (CPU)": (("train", k, "ratio_harness_vs_naive"), ">=",
+                                                  1, "cpu") for k in KINDS},
+    **{f"sampling {k} vs naive loop (CPU)": (("sampling", k, "ratio"), ">=", 1, "cpu")
+       for k in KINDS},
+    **{f"training {k} bf16 vs fp32 images/s (GPU)": (("train", k, "bf16", "ratio_vs_harness_fp32"),
+                                                     ">=", 1.5, "cuda") for k in KINDS},
+}
+
+
+def _lookup(result: dict, keys: tuple[str, ...]):
+    x = result
+    for k in keys:
+        if not isinstance(x, dict) or k not in x:
+            return None
+        x = x[k]
+    return x
+
+
+def _expected_holds(result: dict, name: str) -> bool | None:
+    """None when the figure is missing or the target is for the other device, else the rule."""
+    keys, op, threshold, device = RULES[name]
+    measured = _lookup(result, keys)
+    here = "cpu" if result["device"] == "cpu" else "cuda"
+    if measured is None or device not in (None, here):
+        return None
+    holds = measured >= threshold if op == ">=" else measured < threshold
+    if name.startswith("DP"):  # the path and cost must also be identical
+        holds = holds and result["dp"]["paths_identical"] and result["dp"]["costs_identical"]
+    return bool(holds)
+
+
+def _check_targets(result: dict) -> dict[str, dict]:
+    rows = {t["target"]: t for t in targets(result)}
+    assert set(rows) == set(RULES) == TARGETS
+    for name, t in rows.items():
+        assert t["measured"] == _lookup(result, RULES[name][0]), name
+        assert t["holds"] is _expected_holds(result, name), (name, t, result["device"])
+    return rows
+
+
 def test_targets(result):
     rows = {t["target"]: t for t in result["targets"]}
-    assert set(rows) == TARGETS
-    for t in rows.values():
-        assert {"measured", "rule", "holds"} <= set(t)
-        assert t["holds"] in (True, False, None)
+    assert rows == _check_targets(result)  # the JSON's targets are those of its own figures
+    for name, t in rows.items():
+        assert t["rule"].startswith(f"{RULES[name][1]} {RULES[name][2]}"), (name, t["rule"])
         assert t["measured"] is None or _positive(t["measured"])
     assert rows["training baseline bf16 vs fp32 images/s (GPU)"]["holds"] is None  # CPU run
-    assert rows["DP vs nested loops, same path and cost"]["holds"] in (True, False)
+    assert rows["DP vs nested loops, same path and cost"]["holds"] is not None  # measured
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_targets_at_their_thresholds(result, device):
+    """Each figure just below, at and just above its threshold, on both kinds of device."""
+    for name, (keys, _, threshold, _) in RULES.items():
+        for value in (threshold - 0.01, threshold, threshold + 0.01):
+            r = copy.deepcopy(result)
+            r["device"] = device
+            _lookup(r, keys[:-1])[keys[-1]] = value
+            _check_targets(r)
+            if name.startswith("DP"):  # a fast DP with a different path does not hold
+                r["dp"]["paths_identical"] = False
+                assert not _check_targets(r)[name]["holds"]
+
+
+def test_targets_without_their_figures_are_na(result):
+    for name, (keys, *_) in RULES.items():  # one figure missing
+        r = copy.deepcopy(result)
+        del _lookup(r, keys[:-1])[keys[-1]]
+        t = _check_targets(r)[name]
+        assert t["measured"] is None and t["holds"] is None
+    r = copy.deepcopy(result)  # every section skipped (--only): every target n/a
+    for section in SECTIONS:
+        r[section] = {"skipped": "not selected (--only)"}
+    r["targets"] = targets(r)
+    assert all(t["measured"] is None and t["holds"] is None for t in r["targets"])
+    lines = markdown(r).splitlines()
+    for t in r["targets"]:
+        assert f"| {t['target']} | - | {t['rule']} | n/a |" in lines
 
 
 def test_markdown_table(result):
@@ -199,3 +282,14 @@ def test_presets_and_arguments():
         config_from_args(parse_args(["--only", "ema,nope", "--device", "cpu"]))
     with pytest.raises(SystemExit, match="--reps"):
         config_from_args(parse_args(["--reps", "0", "--device", "cpu"]))
+
+
+@pytest.mark.parametrize("old, new", [("explore.bench", "bench"),
+                                      ("explore.ema_overhead", "bench.ema_overhead")])
+def test_deprecated_module_aliases(old, new):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", old, "--help"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"python -m {new}" in done.stdout  # the new command's own help
+    assert "deprecated" in done.stderr and f"python -m {new}`" in done.stderr
