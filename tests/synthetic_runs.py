@@ -2,7 +2,8 @@
 
 Why: the report is built and tested before real training and evaluation finish. These files
 have the shapes the trainer and evaluator write (see ``analysis.load``), and their FIDs are
-the STUDY.md table plus a known per-seed offset, so every cell of a report can be checked.
+the STUDY.md table plus a known per-seed offset, so every cell of a report can be checked. A
+test fixture: the tests import it as a plain module from tests/ (``from synthetic_runs import``).
 
 Known values (``known_fid``), with offset = (seed - mean(seeds)) * seed_step:
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .load import FID_FILE, METRICS_FILE, RUN_FILE, fmt_num
+from analysis.load import FID_FILE, METRICS_FILE, RUN_FILE, fmt_num
 
 EPOCHS = (200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000)
 # STUDY.md, "Numbers the original study reported": (Baseline raw, LIFT DP-Total raw,
