@@ -8,7 +8,9 @@ Public API:
 - ``summarize(fid)``: seed mean/std per protocol, series, weight set and epoch
 - ``results_table(summary, variant)``, ``epoch_table(summary)``: the report's tables
 - ``make_report(study_dir=None, runs=None, out=None, formats=("png", "pdf")) -> Path``
-- ``analysis.synthetic.write_study`` / ``write_run``: synthetic runs with known optima
+
+Synthetic run folders with known optima, for testing the report, are a test fixture:
+tests/synthetic_runs.py (``write_study`` / ``write_run``).
 """
 
 from .load import NoRunsFoundError, Study, dedupe_networks, ema_diagnostics, load_study

@@ -76,9 +76,6 @@ class Study:
     metrics: pd.DataFrame
 
 
-fmt_num = fmt_value  # the weight-set names' number format (explore.runfiles)
-
-
 def model_name(model: str) -> str:
     """Display name of a model ("baseline" -> "Baseline")."""
     return MODEL_NAMES.get(model, str(model).capitalize())
@@ -116,7 +113,7 @@ def protocol_label(row: pd.Series) -> str:
 def training_group(info: dict) -> str:
     """Label of the runs that differ only in seed (the protocol is added per eval row)."""
     decay = info.get("ema_decay")
-    ema = "no EMA" if decay is None or pd.isna(decay) else f"EMA {fmt_num(decay)}"
+    ema = "no EMA" if decay is None or pd.isna(decay) else f"EMA {fmt_value(decay)}"
     return f"{model_name(info['model'])}, {ema}, {info['dataset']} {info['image_size']}px"
 
 

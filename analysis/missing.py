@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .load import FID_FILE, METRICS_FILE, Study, fmt_num, model_name
+from .load import FID_FILE, METRICS_FILE, Study, fmt_value, model_name
 from .tables import variants
 
 LOW_SHARE = (
@@ -45,7 +45,7 @@ def _run_messages(study: Study) -> list[str]:
             messages.append(f"run {run.run}: evaluated up to epoch {last} of {int(run.epochs)}")
         tracked = list(run.ema_decays) or ([] if pd.isna(run.ema_decay) else [run.ema_decay])
         if tracked and not (rows["kind"] == "ema").any():
-            decays = ", ".join(fmt_num(d) for d in tracked)
+            decays = ", ".join(fmt_value(d) for d in tracked)
             messages.append(f"run {run.run}: tracks EMA {decays} but {FID_FILE} has no EMA rows")
     return messages
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from explore.errors import UserError
 
 from .figures import ema_figure, fid_figure, save_figure, training_figure
-from .load import Study, dedupe_networks, ema_diagnostics, fmt_num, load_study
+from .load import Study, dedupe_networks, ema_diagnostics, fmt_value, load_study
 from .missing import find_missing
 from .tables import (
     LOW_MARK,
@@ -108,7 +108,7 @@ def _protocol_header(study: Study, protocol: str, summary: pd.DataFrame) -> list
         ("Final DDIM step", FINAL_STEPS.get(first["final_step"], first["final_step"])),
         ("Feature extractor", first["extractor"]),
         ("Seeds", seeds),
-        ("EMA decays", ", ".join(fmt_num(d) for d in decays) or "none evaluated"),
+        ("EMA decays", ", ".join(fmt_value(d) for d in decays) or "none evaluated"),
         ("Post-hoc EMA", ", ".join(phema) or "none evaluated"),
         ("Training", training),
     ]

@@ -54,7 +54,7 @@ def resolve_device(spec) -> torch.device:
 
 
 def use_channels_last(channels_last: bool | None, device) -> bool:
-    """NHWC layout? None: on the CPU only (where it measured faster: `python -m explore.bench`,
+    """NHWC layout? None: on the CPU only (where it measured faster: `python -m bench`,
     training 1.4x and sampling 1.25x at the reference size); True/False: as asked."""
     if channels_last is None:
         return torch.device(device).type == "cpu"

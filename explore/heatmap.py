@@ -22,7 +22,9 @@ Speed: one forward-mode pass per chunk of cells. Cells are stacked along the bat
 tangents ((u_k, 0) for the high scale, (0, u_k) for the low one) go through `torch.func.vmap` over
 `torch.func.jvp`, so the primal is computed once per chunk rather than once per probe. All random
 draws of a cell come from its own CPU generator seeded by (seed, i, j), so results do not depend
-on the chunking, the device or the order in which cells are computed.
+on the chunking, the device or the order in which cells are computed. For the study's LiftUNet the
+forward-mode pass is written out instead (explore.models_jvp, checked against torch.func on the
+first chunk). The figure is explore.heatmap_plot.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from .diffusion import CosineSchedule
+from .dp_path import grid_timesteps
 from .files import atomic_write
 from .models import downsample
-from .paths import grid_timesteps
+from .models_jvp import CheckedTangents, fast_path_supported
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class Heatmap:
 
 
 # ------------------------------------------------------------------------------------------------
-# pieces shared with explore.naive.naive_error_heatmap
+# pieces shared with bench.naive.naive_error_heatmap
 # ------------------------------------------------------------------------------------------------
 
 
@@ -287,234 +289,11 @@ def _chunk_estimates(model: nn.Module, schedule: CosineSchedule, x_hi: torch.Ten
     return _estimates(jv_hi, jv_lo, len(cells), hutchinson_v(x_hi), hutchinson_v(x_lo))
 
 
-# ------------------------------------------------------------------------------------------------
-# the study's LiftUNet: its forward-mode pass written out
-# ------------------------------------------------------------------------------------------------
-#
-# torch.func's jvp of a GroupNorm under vmap costs ~15 elementwise passes per tangent (its generic
-# formula, batched), and SiLU's several more; on the study's UNet those dominate the heatmap on
-# a CPU and are a large share on a GPU. The pass below carries the primal p (N, ...) and the M
-# tangents T (M*N, ...) through the same layers with closed-form rules: convolutions and bilinear
-# resampling are linear (the tangent goes through without bias), GroupNorm's tangent is one fused
-# kernel (its Jacobian is symmetric, so aten's group-norm backward applied to the tangent is the
-# jvp), SiLU's is one multiply by a factor computed once from the primal, the time embedding has no
-# tangent, and attention uses the softmax rule dP = P (dS - rowsum(P dS)). The tangents of the high
-# probes need only eps_64 and those of the low probes only eps_32, so the last convolution computes
-# just those channels. It is used only for a LiftUNet whose layers are the ones it mirrors, and the
-# first chunk of every heatmap is checked against torch.func (`_checked`): on any mismatch the
-# heatmap falls back to `_tangents_functorch`.
-
-
-def _fast_path_supported(model: nn.Module) -> bool:
-    """True for a models.LiftUNet whose forward and layers `_tangents_lift_unet` mirrors."""
-    from .models import Attention, LiftUNet, ResidualBlock, UNet
-
-    if type(model).forward is not LiftUNet.forward or type(model).trunk is not UNet.trunk:
-        return False
-    if not isinstance(model, LiftUNet):
-        return False
-
-    def conv(m, kind=nn.Conv2d) -> bool:
-        return type(m) is kind and m.padding_mode == "zeros" and m.bias is not None
-
-    def norm(m) -> bool:
-        return type(m) is nn.GroupNorm and m.affine
-
-    def res(m) -> bool:
-        return (type(m) is ResidualBlock and norm(m.norm1) and norm(m.norm2) and conv(m.conv1)
-                and conv(m.conv2) and (type(m.shortcut) is nn.Identity or conv(m.shortcut)))
-
-    def attn(m, optional=True) -> bool:
-        if optional and type(m) is nn.Identity:
-            return True
-        return (type(m) is Attention and norm(m.norm) and conv(m.qkv) and conv(m.proj)
-                and m.qkv.kernel_size == (1, 1) and m.proj.kernel_size == (1, 1))
-
-    def level(blocks) -> bool:
-        return len(blocks) == 3 and res(blocks[0]) and res(blocks[1]) and attn(blocks[2])
-
-    fc = model.final_conv
-    return (conv(model.init_conv)
-            and all(level(b) for b in model.encoder_blocks)
-            and all(conv(d) for d in model.downsample)
-            and len(model.bottleneck) == 3 and res(model.bottleneck[0])
-            and attn(model.bottleneck[1], optional=False) and res(model.bottleneck[2])
-            and all(level(b) for b in model.decoder_blocks)
-            and all(conv(u, nn.ConvTranspose2d) for u in model.upsample)
-            and len(fc) == 3 and norm(fc[0]) and type(fc[1]) is nn.SiLU and conv(fc[2]))
-
-
-def _conv_tangent(m: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-    """The linear part of a convolution module (no bias), optionally with a slice of its weight."""
-    w = m.weight if weight is None else weight
-    if isinstance(m, nn.ConvTranspose2d):
-        return F.conv_transpose2d(x, w, None, m.stride, m.padding, m.output_padding, m.groups,
-                                  m.dilation)
-    return F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
-
-
-def _conv(m: nn.Module, p: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return m(p), _conv_tangent(m, t)
-
-
-def _group_norm(m: nn.GroupNorm, p: torch.Tensor, t: torch.Tensor, silu: bool
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GroupNorm (then SiLU if `silu`) of the primal and its M tangents."""
-    n, c = p.shape[:2]
-    hw = p[0, 0].numel()
-    groups, reps = m.num_groups, t.shape[0] // n
-    p = p.contiguous()
-    y, mean, rstd = torch.ops.aten.native_group_norm(p, m.weight, m.bias, n, c, hw, groups, m.eps)
-    # d xhat = J dx with J = rstd (I - 11'/L - xhat xhat'/L) per group: symmetric, so the
-    # backward kernel (J' g) applied to the tangent gives the tangent
-    dt = torch.ops.aten.native_group_norm_backward(
-        t.contiguous(), p.repeat(reps, 1, 1, 1), mean.repeat(reps, 1), rstd.repeat(reps, 1), None,
-        n * reps, c, hw, groups, [True, False, False])[0]
-    factor = m.weight.view(c, *([1] * (p.dim() - 2)))
-    if silu:
-        s = torch.sigmoid(y)
-        factor = factor * s * (1 + y * (1 - s))  # d silu(y) = s (1 + y (1 - s)) dy
-        y = F.silu(y)
-    dt.view(reps, *p.shape).mul_(factor)
-    return y, dt
-
-
-def _residual_block(m: nn.Module, p: torch.Tensor, t: torch.Tensor, emb: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    hp, ht = _conv(m.conv1, *_group_norm(m.norm1, p, t, silu=True))
-    hp = hp + m.time_mlp(F.silu(emb))[:, :, None, None]  # no tangent: t does not depend on x
-    hp, ht = _conv(m.conv2, *_group_norm(m.norm2, hp, ht, silu=True))
-    if isinstance(m.shortcut, nn.Identity):
-        return hp + p, ht.add_(t)
-    sp, st = _conv(m.shortcut, p, t)
-    return hp + sp, ht.add_(st)
-
-
-def _attention(m: nn.Module, p: torch.Tensor, t: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention block: softmax(q k'/sqrt(d)) v per head, and its tangents."""
-    if isinstance(m, nn.Identity):
-        return p, t
-    b, c, h, w = p.shape
-    reps, heads = t.shape[0] // b, m.heads
-    d, hw = c // heads, h * w
-    qkv_p, qkv_t = _conv(m.qkv, *_group_norm(m.norm, p, t, silu=False))
-    q, k, v = qkv_p.reshape(b, 3, heads, d, hw).transpose(-1, -2).unbind(1)  # (b, heads, hw, d)
-    # tangents as (b, heads, M, hw, d): the M directions share each head's primal matrices
-    dq, dk, dv = qkv_t.reshape(reps, b, 3, heads, d, hw).permute(2, 1, 3, 0, 5, 4).unbind(0)
-    scale = 1.0 / math.sqrt(d)
-    prob = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # (b, heads, hw, hw)
-    out_p = prob @ v
-    # dS = (dq k' + q dk') scale, laid out (b, heads, M, hw_q, hw_k)
-    ds = (dq.reshape(b, heads, reps * hw, d) @ k.transpose(-1, -2)).view(b, heads, reps, hw, hw)
-    ds += (dk.reshape(b, heads, reps * hw, d) @ q.transpose(-1, -2)).view(
-        b, heads, reps, hw, hw).transpose(-1, -2)
-    ds *= scale
-    pb = prob.unsqueeze(2)
-    ds -= (pb * ds).sum(-1, keepdim=True)
-    ds *= pb  # dP = P (dS - rowsum(P dS))
-    out_t = (ds.view(b, heads, reps * hw, hw) @ v).view(b, heads, reps, hw, d)
-    # P dv for every direction at once: dv as (b, heads, hw_k, M*d)
-    pdv = prob @ dv.permute(0, 1, 3, 2, 4).reshape(b, heads, hw, reps * d)
-    out_t += pdv.view(b, heads, hw, reps, d).transpose(2, 3)
-    out_p = out_p.transpose(-1, -2).reshape(b, c, h, w)
-    out_t = out_t.permute(2, 0, 1, 4, 3).reshape(reps * b, c, h, w)
-    pp, pt = _conv(m.proj, out_p, out_t)
-    return p + pp, pt.add_(t)
-
-
-def _tangents_lift_unet(model: nn.Module, z_hi, z_lo, t_hi, t_lo, u_hi, u_lo, *,
-                        return_primal: bool = False):
-    """`_tangents_functorch` for a LiftUNet, with the forward-mode pass written out (see above).
-
-    With return_primal, also the primal outputs (eps_hi, eps_lo).
-    """
-    k, n = u_hi.shape[:2]
-    c = model.channels
-    size_hi, size_lo = z_hi.shape[-2:], z_lo.shape[-2:]
-
-    def up(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=size_hi, mode="bilinear", align_corners=False)
-
-    emb = model.time_combine(torch.cat([model.time_mlp(t_hi), model.time_mlp(t_lo)], dim=1))
-    p = model.init_conv(torch.cat([z_hi, up(z_lo)], dim=1))
-    # the input tangent is (u, 0) or (0, up(u)): each half meets only its half of the weight
-    w = model.init_conv.weight
-    t = torch.cat([_conv_tangent(model.init_conv, u_hi.flatten(0, 1), w[:, :c]),
-                   _conv_tangent(model.init_conv, up(u_lo.flatten(0, 1)), w[:, c:])])
-    skips = []
-    for (res1, res2, attn), down in zip(model.encoder_blocks, model.downsample):
-        p, t = _attention(attn, *_residual_block(res2, *_residual_block(res1, p, t, emb), emb))
-        skips.append((p, t))
-        p, t = _conv(down, p, t)
-    res1, attn, res2 = model.bottleneck
-    p, t = _residual_block(res2, *_attention(attn, *_residual_block(res1, p, t, emb)), emb)
-    for (res1, res2, attn), upconv in zip(model.decoder_blocks, model.upsample):
-        sp, st = skips.pop()
-        p, t = _conv(upconv, p, t)
-        p, t = torch.cat([p, sp], dim=1), torch.cat([t, st], dim=1)
-        p, t = _attention(attn, *_residual_block(res2, *_residual_block(res1, p, t, emb), emb))
-    norm, _, last = model.final_conv
-    p, t = _group_norm(norm, p, t, silu=True)
-    t_hi_part, t_lo_part = t.split(k * n)
-    jv_hi = _conv_tangent(last, t_hi_part, last.weight[:c])
-    jv_lo = F.interpolate(_conv_tangent(last, t_lo_part, last.weight[c:]), size=size_lo,
-                          mode="bilinear", align_corners=False)
-    jv_hi, jv_lo = jv_hi.view(k, n, *jv_hi.shape[1:]), jv_lo.view(k, n, *jv_lo.shape[1:])
-    if not return_primal:
-        return jv_hi, jv_lo
-    out = last(p)
-    eps_lo = F.interpolate(out[:, c:], size=size_lo, mode="bilinear", align_corners=False)
-    return jv_hi, jv_lo, (out[:, :c], eps_lo)
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal up to float rounding of a different summation order, relative to b's scale."""
-    tol = 16 * math.sqrt(torch.finfo(b.dtype).eps)  # 5.5e-3 for float32
-    return bool((a - b).abs().max() <= tol * b.abs().max().clamp_min(1e-30))
-
-
-class _CheckedTangents:
-    """`_tangents_lift_unet`, with its first call checked against the model and torch.func.
-
-    The check: the primal outputs on the first image against the model's own forward, and the
-    tangents of the first probe of both scales against `torch.func.jvp` of the model. A mismatch
-    (the model's code changed and the written-out pass no longer mirrors it) logs a warning and
-    makes this and every later chunk use `_tangents_functorch`.
-    """
-
-    def __init__(self):
-        self.checked, self.ok = False, True
-
-    def __call__(self, model, z_hi, z_lo, t_hi, t_lo, u_hi, u_lo):
-        if not self.ok:
-            return _tangents_functorch(model, z_hi, z_lo, t_hi, t_lo, u_hi, u_lo)
-        if self.checked:
-            return _tangents_lift_unet(model, z_hi, z_lo, t_hi, t_lo, u_hi, u_lo)
-        jv_hi, jv_lo, primal = _tangents_lift_unet(model, z_hi, z_lo, t_hi, t_lo, u_hi, u_lo,
-                                                   return_primal=True)
-        args = (z_hi[:1], z_lo[:1], t_hi[:1], t_lo[:1])
-
-        def f(a, b):
-            return model(a, b, *args[2:])
-
-        ref = f(*args[:2])
-        ref_hi = torch.func.jvp(f, args[:2], (u_hi[0, :1], torch.zeros_like(args[1])))[1][0]
-        ref_lo = torch.func.jvp(f, args[:2], (torch.zeros_like(args[0]), u_lo[0, :1]))[1][1]
-        self.checked = True
-        self.ok = (_close(primal[0][:1], ref[0]) and _close(primal[1][:1], ref[1])
-                   and _close(jv_hi[0, :1], ref_hi) and _close(jv_lo[0, :1], ref_lo))
-        if self.ok:
-            return jv_hi, jv_lo
-        log.warning("heatmap: the written-out forward-mode pass does not match this LiftUNet "
-                    "(was explore.models changed?); using torch.func instead (slower)")
-        return _tangents_functorch(model, z_hi, z_lo, t_hi, t_lo, u_hi, u_lo)
-
-
 def _tangent_function(model: nn.Module):
-    """The fastest correct way to get a chunk's tangents for this model."""
-    return _CheckedTangents() if _fast_path_supported(model) else _tangents_functorch
+    """The fastest correct way to get a chunk's tangents for this model: for a LiftUNet the
+    written-out pass of explore.models_jvp (checked on its first chunk), else torch.func."""
+    return (CheckedTangents(_tangents_functorch) if fast_path_supported(model)
+            else _tangents_functorch)
 
 
 def _cuda_cells_per_forward(device: torch.device, peak_one_cell: int) -> int:
@@ -581,57 +360,3 @@ def error_heatmap(model: nn.Module, schedule: CosineSchedule, images: torch.Tens
     return Heatmap(timesteps=ts, log_snr=schedule.log_snr(torch.as_tensor(ts)).numpy(),
                    error_64=e64, error_32=e32, grid_size=n, num_probes=num_probes, seed=seed,
                    num_images=b)
-
-
-# ------------------------------------------------------------------------------------------------
-# figure
-# ------------------------------------------------------------------------------------------------
-
-
-def plot_heatmap(heatmap: Heatmap, paths: dict[str, list[tuple[float, float]]],
-                 out_png: str | os.PathLike, *, title: str | None = None) -> None:
-    """Two panels, error_64 and error_total on a log colour scale, with the paths drawn on both.
-
-    x axis: the high ("64") scale's grid timestep (index i), y axis: the low ("32") scale's (j);
-    (0, 0), the noisiest cell, is at the bottom left. A path is a list of (i, j) grid indices
-    (fractional indices are fine, see `explore.paths.fractional_grid_index`). The PNG is written
-    atomically. Uses the Agg canvas directly, so no pyplot state or display is involved.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import LogNorm, Normalize
-    from matplotlib.figure import Figure
-
-    n = heatmap.grid_size
-    fig = Figure(figsize=(13, 6))
-    FigureCanvasAgg(fig)
-    ticks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
-    panels = [(heatmap.error_64, "64 (high) scale error"),
-              (heatmap.error_total, "total error (64 + 32)")]
-    for col, (err, name) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, col + 1)
-        err = np.asarray(err, dtype=np.float64)
-        positive = err[np.isfinite(err) & (err > 0)]
-        if positive.size:
-            norm = LogNorm(vmin=positive.min(), vmax=positive.max())
-            shown = np.where(err > 0, err, np.nan)  # log scale: non-positive cells left blank
-        else:
-            norm, shown = Normalize(), err
-        im = ax.imshow(shown.T, origin="lower", norm=norm, cmap="viridis", aspect="equal",
-                       extent=(-0.5, n - 0.5, -0.5, n - 0.5), interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="error (log scale)" if positive.size else "error")
-        for label, path in paths.items():
-            xs = [p[0] for p in path]
-            ys = [p[1] for p in path]
-            ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.5, label=label)
-        ax.set_xticks(ticks, [str(int(heatmap.timesteps[t])) for t in ticks])
-        ax.set_yticks(ticks, [str(int(heatmap.timesteps[t])) for t in ticks])
-        ax.set_xlabel("t_64 (high scale timestep)")
-        ax.set_ylabel("t_32 (low scale timestep)")
-        ax.set_title(name)
-    if paths:  # one legend under both panels: paths cover the upper-left and lower-right corners
-        handles, labels = fig.axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=len(paths), frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07 if paths else 0, 1, 0.95 if title else 1))
-    atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=110))

@@ -8,8 +8,9 @@ import logging
 import time
 
 from .data import ImageSet
-from .heatmap import Heatmap, HeatmapFileError, error_heatmap, pick_images, plot_heatmap
-from .paths import fractional_grid_index, optimal_path, path_to_timesteps
+from .dp_path import fractional_grid_index, optimal_path, path_to_timesteps
+from .heatmap import Heatmap, HeatmapFileError, error_heatmap, pick_images
+from .heatmap_plot import plot_heatmap
 from .runfiles import RunFolder
 from .sampling import diagonal_path
 

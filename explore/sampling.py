@@ -17,14 +17,14 @@ The last call (`final_step`):
 
 LIFT takes a 19-point path of (t_64, t_32) pairs; each scale takes its own DDIM step to its next
 timestep. The `diagonal` path is the plain list for both scales; `dp_64` and `dp_total` come
-from the error heatmap (explore.paths).
+from the error heatmap (explore.dp_path).
 
 One seed gives the same images whatever the batch size: image i's starting noise is drawn from a
 generator seeded with (seed, i).
 
 Speed: on the CPU the samplers run the model in the channels-last (NHWC) memory layout, whose
 oneDNN convolution kernels were 1.3-1.5x faster than NCHW for the study's UNets on a 2-core Xeon
-(`python -m explore.bench`). The weights are swapped for NHWC copies during the call and put back
+(`python -m bench`). The weights are swapped for NHWC copies during the call and put back
 after (the caller's tensors are untouched); the numbers differ from NCHW only by float rounding.
 `channels_last=False` turns it off; on a GPU it is off unless asked for.
 """

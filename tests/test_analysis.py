@@ -2,7 +2,7 @@
 
 The synthetic FIDs are the STUDY.md table plus a per-seed offset of (seed - 1) * 0.1 for
 seeds 0, 1, 2, so every seed-mean is a STUDY.md number and every std is exactly 0.10 (see
-analysis/synthetic.py for the rules, e.g. EMA 0.999 = raw - 3).
+tests/synthetic_runs.py for the rules, e.g. EMA 0.999 = raw - 3).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from matplotlib.text import Text
+from synthetic_runs import EPOCHS, known_fid, write_run, write_study
 
 from analysis.figures import ema_figure, fid_figure, training_figure
 from analysis.load import NoRunsFoundError, dedupe_networks, ema_diagnostics, load_study
 from analysis.report import FormatError, make_report
-from analysis.synthetic import EPOCHS, known_fid, write_run, write_study
 from analysis.tables import latex_by_hand, results_table, summarize, to_latex
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,19 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.naive import naive_error_heatmap
 from explore import heatmap as hm_mod
+from explore import models_jvp as jvp_mod
 from explore.diffusion import CosineSchedule
+from explore.dp_path import grid_diagonal, grid_timesteps, optimal_path
 from explore.heatmap import (
     Heatmap,
     HeatmapFileError,
     error_heatmap,
     gamma_snr,
     pick_images,
-    plot_heatmap,
 )
+from explore.heatmap_plot import plot_heatmap
 from explore.models import LiftUNet
-from explore.naive import naive_error_heatmap
-from explore.paths import diagonal_path, grid_timesteps, optimal_path
 
 GRID, PROBES, SEED = 4, 2, 3
 
@@ -210,7 +211,7 @@ def test_save_crash_keeps_old_file(batched, tmp_path, monkeypatch):
 def test_plot_writes_png(batched, tmp_path):
     zeros = np.zeros_like(batched.error_32)
     paths = {
-        "diagonal": diagonal_path(GRID, 3),
+        "diagonal": grid_diagonal(GRID, 3),
         "DP-64": optimal_path(batched.error_64, zeros, batched.log_snr, 3, 2)[0],
         "DP-Total": optimal_path(batched.error_64, batched.error_32, batched.log_snr, 3, 2)[0],
     }
@@ -258,7 +259,7 @@ def test_corrupt_zip_is_a_heatmap_error_not_zipfile(tmp_path):
         Heatmap.load(path)
 
 
-# -- the written-out forward-mode pass for LiftUNet (explore.heatmap._tangents_lift_unet) ---------
+# -- the written-out forward-mode pass for LiftUNet (explore.models_jvp.tangents_lift_unet) -------
 
 
 def _chunk(model, schedule, images, cells=((0, 0), (3, 1)), probes=2):
@@ -271,11 +272,11 @@ def _chunk(model, schedule, images, cells=((0, 0), (3, 1)), probes=2):
 def test_written_out_jvp_equals_torch_func(schedule, images, attn_min_ch):
     torch.manual_seed(1)
     model = LiftUNet(hidden_dims=[8, 16], image_size=16, attn_min_ch=attn_min_ch).eval()
-    assert hm_mod._fast_path_supported(model)
+    assert jvp_mod.fast_path_supported(model)
     inputs = _chunk(model, schedule, images)
     with hm_mod.inference_context(model):
         want = hm_mod._tangents_functorch(model, *inputs)
-        got_hi, got_lo, (eps_hi, eps_lo) = hm_mod._tangents_lift_unet(model, *inputs,
+        got_hi, got_lo, (eps_hi, eps_lo) = jvp_mod.tangents_lift_unet(model, *inputs,
                                                                       return_primal=True)
         ref_hi, ref_lo = model(*inputs[:4])
     for got, ref in ((got_hi, want[0]), (got_lo, want[1]), (eps_hi, ref_hi), (eps_lo, ref_lo)):
@@ -289,24 +290,24 @@ def test_written_out_jvp_only_for_models_it_mirrors(tiny_model):
             eps_hi, eps_lo = super().forward(x_hi, x_lo, t_hi, t_lo)
             return 2 * eps_hi, eps_lo
 
-    assert hm_mod._fast_path_supported(tiny_model)
-    assert not hm_mod._fast_path_supported(Changed([8, 16], 16, 16))
-    assert not hm_mod._fast_path_supported(LinearLift())
+    assert jvp_mod.fast_path_supported(tiny_model)
+    assert not jvp_mod.fast_path_supported(Changed([8, 16], 16, 16))
+    assert not jvp_mod.fast_path_supported(LinearLift())
     odd = LiftUNet([8, 16], 16, 16)
     odd.final_conv[1] = nn.GELU()
-    assert not hm_mod._fast_path_supported(odd)
+    assert not jvp_mod.fast_path_supported(odd)
 
 
 def test_mismatching_fast_path_falls_back_to_torch_func(batched, tiny_model, schedule, images,
                                                        monkeypatch, caplog):
-    real = hm_mod._tangents_lift_unet
+    real = jvp_mod.tangents_lift_unet
 
     def wrong(*args, **kw):  # as if explore.models had changed under the written-out pass
         out = real(*args, **kw)
         return (2 * out[0], *out[1:])
 
-    monkeypatch.setattr(hm_mod, "_tangents_lift_unet", wrong)
-    with caplog.at_level("WARNING", logger="explore.heatmap"):
+    monkeypatch.setattr(jvp_mod, "tangents_lift_unet", wrong)
+    with caplog.at_level("WARNING", logger="explore.models_jvp"):
         again = _run(tiny_model, schedule, images)
     assert "does not match" in caplog.text
     np.testing.assert_allclose(again.error_64, batched.error_64, rtol=1e-5)

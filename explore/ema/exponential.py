@@ -213,7 +213,7 @@ class EMABank(Bank):
     decays: list of decays; `primary` (a decay, default the first) is the run's `ema_state`.
     The other settings are those of `EMA` and apply to every decay.
 
-    Cost per decay (python -m explore.ema_overhead; LIFT 58.5M parameters, this 2-core CPU,
+    Cost per decay (python -m bench.ema_overhead; LIFT 58.5M parameters, this 2-core CPU,
     torch 2.15): 223 MiB of float32 shadow and 23 ms per optimizer step with 2 threads (38 ms
     with 1), about 1.6% of a batch-4 training step (1.4 s); each update streams 12 bytes per
     parameter, so the time scales with memory bandwidth.

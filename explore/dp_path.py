@@ -1,4 +1,4 @@
-"""Sampling paths on the error-heatmap grid (STUDY.md "Error heatmap and DP path").
+"""The DP sampling path on the error-heatmap grid (STUDY.md "Error heatmap and DP path").
 
 The grid has `n` timesteps, index 0 the noisiest (t = T-1) and index n-1 the cleanest (t = 0). A
 path is a list of grid cells (i, j): i indexes the high ("64") scale's timestep, j the low ("32")
@@ -11,8 +11,8 @@ log-SNR, per scale:
 
 and `optimal_path` minimises the summed cost.
 
-Tie-break (shared bit for bit with `explore.naive.naive_optimal_path`): when several predecessors
-of a cell give exactly the same float cost, the one that is smallest in lexicographic (i, j) order
+Tie-break (shared bit for bit with `bench.naive.naive_optimal_path`): when several predecessors of
+a cell give exactly the same float cost, the one that is smallest in lexicographic (i, j) order
 wins. This is what the study's forward-relaxation loop (sources in ascending (i, j) order, update on
 a strict `<`) did. Both implementations also add the two scale terms to the running cost in the
 same order, `(D + c64) + c32`, so their float costs, and hence their paths, are identical.
@@ -50,13 +50,13 @@ def path_to_timesteps(path: list[Cell], grid_timesteps: np.ndarray | list[int]
     return [int(grid[i]) for i, _ in path], [int(grid[j]) for _, j in path]
 
 
-def diagonal_path(n: int, num_steps: int) -> list[Cell]:
+def grid_diagonal(n: int, num_steps: int) -> list[Cell]:
     """The grid diagonal, num_steps+1 points: k -> (d_k, d_k), d = linspace(0, n-1, N+1) floored.
 
     This is only for drawing (the study's heatmap figure draws it this way). The sampler's
-    "diagonal" path is the plain DDIM timestep list for both scales, which lies between grid
-    points; use `fractional_grid_index` to draw that exactly. When num_steps > n-1 some points
-    repeat, so the result is not a valid DP path then.
+    "diagonal" path (`explore.sampling.diagonal_path`) is the plain DDIM timestep list for both
+    scales, which lies between grid points; use `fractional_grid_index` to draw that exactly.
+    When num_steps > n-1 some points repeat, so the result is not a valid DP path then.
     """
     d = np.linspace(0, n - 1, num_steps + 1).astype(int)
     return [(int(k), int(k)) for k in d]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from bench.naive import naive_optimal_path
 from explore.diffusion import CosineSchedule
-from explore.naive import naive_optimal_path
-from explore.paths import (
+from explore.dp_path import (
     check_path,
-    diagonal_path,
     fractional_grid_index,
+    grid_diagonal,
     grid_timesteps,
     optimal_path,
     path_cost,
@@ -32,7 +32,7 @@ def _random_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _trapezoid_cost(path, e64, e32, lam) -> float:
-    """The STUDY.md cost, written independently of explore.paths."""
+    """The STUDY.md cost, written independently of explore.dp_path."""
     terms = []
     for (i, j), (i2, j2) in itertools.pairwise(path):
         terms.append((e64[i, j] + e64[i2, j2]) / 2 * abs(lam[i2] - lam[i]))
@@ -211,7 +211,7 @@ def test_grid_and_timesteps():
 
 
 def test_diagonal_and_fractional_index():
-    diag = diagonal_path(30, 18)
+    diag = grid_diagonal(30, 18)
     assert len(diag) == 19 and diag[0] == (0, 0) and diag[-1] == (29, 29)
     assert all(i == j for i, j in diag)
     check_path(diag, 30, 18, 5)

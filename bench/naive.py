@@ -1,6 +1,6 @@
 """Naive reference implementations, written the way the original study wrote them.
 
-Each function here computes the same result as a faster function elsewhere in `explore`, with
+Each function here computes the same result as a faster function in `explore`, with
 plain Python loops and no batching. They exist as references for correctness tests and as the
 "before" side of the benchmark. Each section is self-contained; add new sections at the end.
 """
@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .diffusion import CosineSchedule
-from .heatmap import (
+from explore.diffusion import CosineSchedule, loss_fn_for
+from explore.dp_path import check_step_count, grid_timesteps, prepare_inputs
+from explore.heatmap import (
     Heatmap,
     cell_draws,
     gamma_snr,
@@ -23,17 +24,16 @@ from .heatmap import (
     inference_context,
     model_device_dtype,
 )
-from .models import downsample
-from .paths import check_step_count, grid_timesteps, prepare_inputs
+from explore.models import downsample
 
 # ---------------------------------------------------------------------------------------------
-# DP path: reference for explore.paths.optimal_path
+# DP path: reference for explore.dp_path.optimal_path
 # ---------------------------------------------------------------------------------------------
 
 
 def naive_optimal_path(error_64, error_32, log_snr, num_steps: int = 18, max_jump: int = 5
                        ) -> tuple[list[tuple[int, int]], float]:
-    """Same contract and result as `explore.paths.optimal_path`, with nested Python loops.
+    """Same contract and result as `explore.dp_path.optimal_path`, with nested Python loops.
 
     Loops: layers k, target cells (i2, j2), predecessors (i, j) in ascending lexicographic order,
     keeping the first strict minimum of (dp + c64) + c32: the same tie-break and float order as
@@ -168,8 +168,6 @@ def naive_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
     zero_grad, the study's loss (Baseline or LIFT, global RNG), backward, gradient-norm clip,
     AdamW step, EMA update, and the loss as a Python float (the original logged it every step).
     """
-    from .diffusion import loss_fn_for
-
     optimizer.zero_grad()
     loss = loss_fn_for(model)(model, schedule, batch)["loss"]
     loss.backward()

@@ -2,7 +2,8 @@
 
 Why: the report is built and tested before real training and evaluation finish. These files
 have the shapes the trainer and evaluator write (see ``analysis.load``), and their FIDs are
-the STUDY.md table plus a known per-seed offset, so every cell of a report can be checked.
+the STUDY.md table plus a known per-seed offset, so every cell of a report can be checked. A
+test fixture: the tests import it as a plain module from tests/ (``from synthetic_runs import``).
 
 Known values (``known_fid``), with offset = (seed - mean(seeds)) * seed_step:
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .load import FID_FILE, METRICS_FILE, RUN_FILE, fmt_num
+from explore.runfiles import FID_FILE, METRICS_FILE, RUN_FILE, fmt_value
 
 EPOCHS = (200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000)
 # STUDY.md, "Numbers the original study reported": (Baseline raw, LIFT DP-Total raw,
@@ -56,7 +57,7 @@ def known_fid(model: str, path: str, weights_id: str, epoch: int, offset: float 
     raw = (baseline_raw if model == "baseline" else lift_raw) + PATH_OFFSET.get(path, 0.0)
     if weights_id == "raw":
         value = raw
-    elif weights_id == f"ema@{fmt_num(STUDY_DECAY)}":
+    elif weights_id == f"ema@{fmt_value(STUDY_DECAY)}":
         ema = baseline_ema if model == "baseline" else lift_ema
         value = ema + PATH_OFFSET.get(path, 0.0)
     elif weights_id.startswith("ema@"):
@@ -83,7 +84,7 @@ def _metrics_rows(model: str, seed: int, decays: Sequence[float], epochs: int,
             "loss_32": 0.4 * loss if model == "lift" else np.nan,
             "lr": 1e-4, "seconds": 60.0, "images_per_s": 250.0}
     for i, decay in enumerate(decays):
-        suffix = "" if i == 0 else f"@{fmt_num(decay)}"  # primary decay unsuffixed
+        suffix = "" if i == 0 else f"@{fmt_value(decay)}"  # primary decay unsuffixed
         # The EMA starts equal to the raw weights and falls behind them as training moves on;
         # a longer average lags further.
         share = _share(decay, step)
@@ -136,9 +137,9 @@ def write_run(
     fid = fid or (lambda path, weights_id, epoch: known_fid(model, path, weights_id, epoch))
     protocol = {**PROTOCOL, **(protocol or {})}
     weight_sets = [("raw", "raw", None)]
-    weight_sets += [("ema" if i == 0 else f"ema@{fmt_num(d)}", f"ema@{fmt_num(d)}", d)
+    weight_sets += [("ema" if i == 0 else f"ema@{fmt_value(d)}", f"ema@{fmt_value(d)}", d)
                     for i, d in enumerate(ema_decays)]
-    weight_sets += [(f"phema@{s:.2f}", f"phema@{fmt_num(s)}", None) for s in phema]
+    weight_sets += [(f"phema@{s:.2f}", f"phema@{fmt_value(s)}", None) for s in phema]
     rows = []
     for epoch in epochs:
         step = epoch * steps_per_epoch
@@ -188,7 +189,7 @@ def write_study(
                 def fid(path, weights_id, epoch, model=model, offset=offset):
                     return known_fid(model, path, weights_id, epoch, offset)
 
-                tag = "-".join(f"ema{fmt_num(d)}" for d in decay_set) or "noema"
+                tag = "-".join(f"ema{fmt_value(d)}" for d in decay_set) or "noema"
                 paths = lift_paths if model == "lift" else MODEL_PATHS[model]
                 run_dirs.append(write_run(root, f"{model}-{tag}-s{seed}", model=model, seed=seed,
                                           ema_decays=decay_set, fid=fid, paths=paths,
