@@ -91,7 +91,10 @@ class EvalContext:
 def find_checkpoints(cfg: DictConfig) -> tuple[RunFolder, list[tuple[int, Path]]]:
     """The run folder and its checkpoints (run_dir=), or one file and the folder its results go
     to (checkpoint=); eval.epochs narrows them."""
-    if bool(cfg.run_dir) == bool(cfg.checkpoint):
+    # `checkpoint=<file>` here; an experiment preset (experiment=smoke) brings training's
+    # `checkpoint:` settings node under the same key, which is no file
+    lone = None if OmegaConf.is_dict(cfg.checkpoint) else cfg.checkpoint
+    if bool(cfg.run_dir) == bool(lone):
         raise ConfigError("give exactly one of run_dir=<run folder> or checkpoint=<file>")
     if cfg.run_dir:
         run = RunFolder(cfg.run_dir)
@@ -102,7 +105,7 @@ def find_checkpoints(cfg: DictConfig) -> tuple[RunFolder, list[tuple[int, Path]]
             raise ConfigError(f"run_dir={run.path} has no checkpoints "
                               f"({run.checkpoint_dir}/epoch_NNNN.pt): train it first")
     else:
-        path = Path(cfg.checkpoint)
+        path = Path(lone)
         run = RunFolder(cfg.out_dir if cfg.out_dir else Path("outputs") / "eval" / path.stem)
         found = [(epoch_from_name(path), path)]  # None: read from the file (`prepare`)
     if cfg.eval.epochs:

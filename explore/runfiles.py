@@ -122,6 +122,10 @@ class RunFolder:
     def reconstructions(self, epoch: int) -> list[Path]:
         return sorted(self.reconstructed_dir.glob(f"epoch_{epoch:04d}_*.pt"))
 
+    def restarts(self, stage: str) -> Path:
+        """How often a study job of this run was requeued (SLURM_RESTART_COUNT)."""
+        return self.logs_dir / f"{stage}.restarts"
+
     def grid(self, epoch: int, weights: str, path: str) -> Path:
         return self.grids_dir / f"epoch_{epoch:04d}_{weights}_{path}.png"
 

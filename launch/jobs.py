@@ -1,15 +1,25 @@
 """What one job of the study does, in its own process: train a run, or evaluate it.
 
-These are plain functions that submitit pickles and calls in the job process (local or on a
+`TrainJob` and `EvalJob` are what submitit pickles and calls in the job process (local or on a
 SLURM node). Each composes its config from conf/ with the study's overrides, so a job is the
 same as typing `python -m explore.train ...` / `python -m explore.evaluate ...` by hand.
+
+Both are `submitit.helpers.Checkpointable`: when SLURM signals a time limit or a preemption,
+submitit calls their `checkpoint()`, which resubmits the same call, and requeues the job (up to
+`launcher.max_num_timeout` times for time limits). Training first saves its resume state at the
+next step boundary (explore.preemption), so the requeued job continues bit for bit; evaluation
+starts again at its first missing row. A requeued job notes its restart count in
+<run>/logs/<stage>.restarts for the study's progress line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
+
+import submitit
 
 from explore.runfiles import TRAIN_LOG
 
@@ -44,7 +54,7 @@ def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     try:
         cfg = compose("train", list(overrides) + [f"device={slot.device_arg}", "resume=true",
                                                   "trainer.progress=false"])
-        train(cfg, run)
+        train(cfg, run, command=list(overrides))
     except Exception as e:  # into <run>/train.log too, then submitit marks the job failed
         logging.getLogger("launch.jobs").error("training failed: %s: %s", type(e).__name__, e)
         raise
@@ -66,3 +76,31 @@ def eval_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
         logging.getLogger("launch.jobs").error("evaluation failed: %s: %s", type(e).__name__, e)
         raise
     return str(out)
+
+
+def _note_restarts(run_dir: str, stage: str) -> None:
+    """SLURM counts the requeues of a job in SLURM_RESTART_COUNT: keep it for the study."""
+    n = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if n:
+        from explore.runfiles import RunFolder
+
+        path = RunFolder(run_dir).restarts(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(n))
+        logging.getLogger("launch.jobs").info("%s job requeued %d time(s): resuming", stage, n)
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """train_job, requeued with the same arguments after a time limit or preemption."""
+
+    def __call__(self, run_dir: str, overrides: list[str], slot: Slot) -> str:
+        _note_restarts(run_dir, "training")
+        return train_job(run_dir, overrides, slot)
+
+
+class EvalJob(submitit.helpers.Checkpointable):
+    """eval_job, requeued with the same arguments after a time limit or preemption."""
+
+    def __call__(self, run_dir: str, overrides: list[str], slot: Slot) -> str:
+        _note_restarts(run_dir, "evaluating")
+        return eval_job(run_dir, overrides, slot)

@@ -22,6 +22,9 @@ class SlurmQueue:
         """submitit AutoExecutor parameters from the `launcher` config."""
         p = self.params
         out = {"timeout_min": int(p.get("timeout_min", 60)),
+               # SLURM signals the job this long before its time limit (or on preemption):
+               # training saves its resume state and the job is requeued
+               "slurm_signal_delay_s": int(p.get("signal_delay_s", 90)),
                "gpus_per_node": int(p.get("gpus_per_node", 1) or 0),
                "cpus_per_task": int(p.get("cpus_per_task", 1) or 1)}
         if p.get("mem_gb"):
@@ -40,8 +43,8 @@ class SlurmQueue:
 
         # max_num_timeout is the executor's (requeues after a timeout), not a job parameter
         ex = submitit.AutoExecutor(folder=ticket.folder, cluster="slurm",
-                                   slurm_max_num_timeout=int(self.params.get("max_num_timeout")
-                                                             or 0))
+                                   slurm_max_num_timeout=int(self.params.get("max_num_timeout",
+                                                                             20) or 0))
         ex.update_parameters(name=ticket.name, **self.executor_parameters())
         gpus = int(self.params.get("gpus_per_node", 1) or 0)
         # inside a SLURM job the allocated GPU is cuda:0; CPU jobs use the task's cores

@@ -28,7 +28,7 @@ from explore.config import compose, ema_tag
 from explore.errors import ConfigError
 from explore.runfiles import RunFolder
 
-from .jobs import eval_job, train_job
+from .jobs import EvalJob, TrainJob
 from .pool import DeviceQueue, Ticket, make_slots
 
 log = logging.getLogger("launch.study")
@@ -123,15 +123,25 @@ def _count_rows(path: Path) -> int:
         return 0
 
 
+def _restarts(run: Run, stage: str) -> str:
+    """" requeued (n)" when SLURM requeued the stage's job (launch.jobs notes it)."""
+    try:
+        n = int(run.folder.restarts(stage).read_text())
+    except (OSError, ValueError):
+        return ""
+    return f" requeued ({n})" if n else ""
+
+
 def describe(run: Run) -> str:
     """One status line: queued, training epoch k/n, evaluating (rows), done, failed (log)."""
     ticket = run.tickets[-1] if run.tickets else None
     where = f" [{ticket.slot.label}]" if ticket is not None and ticket.slot else ""
+    requeued = _restarts(run, run.state)
     if run.state == "training":
         epoch = _count_rows(run.folder.metrics)
-        return f"training epoch {epoch}/{run.epochs}{where}"
+        return f"training epoch {epoch}/{run.epochs}{where}{requeued}"
     if run.state == "evaluating":
-        return f"evaluating ({_count_rows(run.folder.fid_csv)} rows){where}"
+        return f"evaluating ({_count_rows(run.folder.fid_csv)} rows){where}{requeued}"
     if run.state == "failed":
         return f"FAILED: {run.note}"
     return run.state + (f" ({run.note})" if run.note else "")
@@ -173,8 +183,8 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
     print(f"study {cfg.study.name}: {len(runs)} run(s) in {study_dir}", flush=True)
 
     def submit(run: Run, stage: str) -> None:
-        fn, overrides = ((train_job, run.train_overrides) if stage == "training"
-                         else (eval_job, run.eval_overrides))
+        fn, overrides = ((TrainJob(), run.train_overrides) if stage == "training"
+                         else (EvalJob(), run.eval_overrides))
         run.tickets.append(queue.submit(Ticket(f"{run.name}:{stage}", fn,
                                                (str(run.dir), overrides),
                                                run.folder.logs_dir)))

@@ -55,7 +55,10 @@ def _conf(folder: Path) -> str:
         "SelectTypeParameters=CR_Core", "ReturnToService=2",
         "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",
         "MpiDefault=none", "SchedulerType=sched/backfill", "InactiveLimit=0", "KillWait=5",
-        "MinJobAge=300", node,
+        "MinJobAge=300",
+        # a requeued job waits cred_expire seconds before it may start again (default 120):
+        # short here, so the time-limit requeue test is minutes, not a quarter of an hour
+        "AuthInfo=cred_expire=10", "SchedulerParameters=bf_interval=5,sched_interval=5", node,
         "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""])
 
 

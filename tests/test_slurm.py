@@ -52,3 +52,46 @@ def test_multirun_through_submitit_slurm(slurm_cluster, tmp_path):
         assert (sweep / name / "checkpoints" / "epoch_0001.pt").is_file()
     # the jobs ran under SLURM: submitit kept their sbatch scripts
     assert list((sweep / ".submitit").rglob("*_submission.sh"))
+
+
+def test_a_job_past_its_time_limit_finishes_through_requeues(slurm_cluster, tmp_path, capsys):
+    """Training that needs ~2.5 minutes under a 1-minute limit: SLURM signals the job before the
+    limit, it saves its resume state at a step boundary and is requeued (submitit), until it is
+    done; the final weights equal an uninterrupted run's bit for bit, and the report is made."""
+    import torch
+
+    from explore.checkpoint import load_checkpoint
+    from launch.study import build_runs
+
+    epochs = 400  # ~0.37 s each here on one core
+    overrides = TINY_STUDY + SLURM + [
+        f"study.out={tmp_path}", f"eval.fid.cache_root={tmp_path / 'fidcache'}",
+        "study.models=[baseline]", "data.num_images=256", f"trainer.epochs={epochs}",
+        f"checkpoint.every={epochs}", f"eval.epochs=[{epochs}]", "launcher.timeout_min=1",
+        "launcher.signal_delay_s=5"]
+    cfg = compose("launch_study", overrides)
+    _, (run,) = build_runs(cfg, overrides)
+    # the same training, uninterrupted, on the other core meanwhile
+    ref = tmp_path / "uninterrupted"
+    script = ("import sys, torch; torch.set_num_threads(1); "
+              "from explore.config import compose; from explore.train import train; "
+              "train(compose('train', sys.argv[2:]), sys.argv[1])")
+    reference = subprocess.Popen([sys.executable, "-c", script, str(ref), *run.train_overrides,
+                                  "device=cpu", "trainer.progress=false"], cwd=REPO)
+    try:
+        report, (done,) = run_study(cfg, overrides, poll_s=1)
+    finally:
+        assert reference.wait(timeout=900) == 0
+    assert done.state == "done", done.note
+    restarts = int((done.dir / "logs" / "training.restarts").read_text())
+    assert restarts >= 1
+    assert "requeued (" in capsys.readouterr().out
+    assert report is not None and report.is_file()
+    a = load_checkpoint(ref / "checkpoints" / f"epoch_{epochs:04d}.pt")
+    b = load_checkpoint(done.dir / "checkpoints" / f"epoch_{epochs:04d}.pt")
+    for key in ("model_state",):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), name
+    for name, value in a["ema_state"]["shadow"].items():
+        assert torch.equal(value, b["ema_state"]["shadow"][name]), name
+    assert a["step"] == b["step"] == epochs * 16
