@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import TINY_EVAL, TINY_TRAIN
 
 from explore.config import compose
-
-# A tiny but complete training config: two-level UNet on 16x16 shapes, 4 optimizer steps/epoch.
-TINY = [
-    "experiment=smoke", "device=cpu", "model.hidden_dims=[8,16]", "model.image_size=16",
-    "model.attn_min_ch=16", "data.num_images=64", "trainer.batch_size=16",
-    "trainer.epochs=2", "trainer.progress=false",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -26,9 +20,18 @@ def _one_thread():
 
 @pytest.fixture
 def tiny_cfg():
-    """compose('train', TINY + overrides)"""
+    """compose('train', TINY_TRAIN + overrides)"""
     def make(*overrides: str):
-        return compose("train", TINY + list(overrides))
+        return compose("train", TINY_TRAIN + list(overrides))
+    return make
+
+
+@pytest.fixture
+def eval_cfg(tmp_path):
+    """compose('evaluate', TINY_EVAL + overrides), with its own FID statistics cache"""
+    def make(*overrides: str):
+        return compose("evaluate", TINY_EVAL + [f"eval.fid.cache_root={tmp_path / 'fidcache'}"]
+                       + list(overrides))
     return make
 
 

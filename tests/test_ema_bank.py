@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from tiny import TINY_TRAIN
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -220,11 +221,8 @@ def test_bank_resume_is_bitwise_identical(tiny_cfg, tmp_path):
 
 # -- 4: evaluation scores every decay, each with its share, flag and lag -------------------------
 def test_evaluate_scores_every_decay_with_guard(tmp_path, caplog):
-    run = train(compose("train", ["experiment=smoke", "device=cpu", "model=baseline",
-                                  "model.hidden_dims=[8,16]", "model.image_size=16",
-                                  "model.attn_min_ch=16", "data.num_images=32",
-                                  "trainer.batch_size=16", "trainer.epochs=2",
-                                  "trainer.progress=false", *BANK]), tmp_path / "bank")
+    run = train(compose("train", [*TINY_TRAIN, "model=baseline", "data.num_images=32", *BANK]),
+                tmp_path / "bank")
     cfg = compose("evaluate", [f"run_dir={run}", "device=cpu", "progress=false",
                                "eval.num_images=16", "eval.num_steps=2", "eval.batch_size=16",
                                "eval.fid.extractor=randconv-256", "eval.grid=false",

@@ -3,6 +3,7 @@ import warnings
 
 import pytest
 import torch
+from tiny import TINY_TRAIN
 
 from explore import evaluate as ev
 from explore import fid as fidlib
@@ -11,10 +12,6 @@ from explore.errors import ConfigError
 from explore.models import LiftUNet
 from explore.train import train
 from explore.weights import WeightsError
-
-EVAL = ["device=cpu", "progress=false", "eval.num_images=24", "eval.num_steps=4",
-        "eval.batch_size=12", "eval.heatmap.grid_size=4", "eval.heatmap.num_probes=1",
-        "eval.heatmap.num_images=2", "eval.fid.extractor=randconv-256"]
 
 
 def rows(path):
@@ -29,22 +26,10 @@ def _quiet_small_count_warning():
         yield
 
 
-@pytest.fixture
-def eval_cfg(tmp_path):
-    def make(*overrides):
-        return compose("evaluate", EVAL + [f"eval.fid.cache_root={tmp_path / 'fidcache'}"]
-                       + list(overrides))
-    return make
-
-
 @pytest.fixture(scope="module")
 def lift_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "lift"
-    cfg = compose("train", ["experiment=smoke", "device=cpu", "model=lift",
-                            "model.hidden_dims=[8,16]", "model.image_size=16",
-                            "model.attn_min_ch=16", "data.num_images=64",
-                            "trainer.batch_size=16", "trainer.epochs=2",
-                            "trainer.progress=false", "ema.decay=0.9"])
+    cfg = compose("train", TINY_TRAIN + ["model=lift", "ema.decay=0.9"])
     return train(cfg, run)
 
 
@@ -136,21 +121,15 @@ def test_clear_errors(tmp_path, lift_run, eval_cfg):
         ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.epochs=[7]"))
     with pytest.raises(ConfigError, match="LIFT paths"):
         ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.paths=[ddim]", "eval.epochs=[1]"))
-    noema = train(compose("train", ["experiment=smoke", "device=cpu", "ema=off",
-                                    "model.hidden_dims=[8,16]", "model.image_size=16",
-                                    "model.attn_min_ch=16", "data.num_images=32",
-                                    "trainer.batch_size=16", "trainer.epochs=1",
-                                    "trainer.progress=false"]), tmp_path / "noema")
+    noema = train(compose("train", TINY_TRAIN + ["ema=off", "data.num_images=32",
+                                                 "trainer.epochs=1"]), tmp_path / "noema")
     with pytest.raises(WeightsError, match="without EMA"):
         ev.evaluate(eval_cfg(f"run_dir={noema}", "eval.weights=[ema]"))
 
 
 def test_baseline_uses_ddim_and_warns_on_small_counts(tmp_path, eval_cfg):
-    run = train(compose("train", ["experiment=smoke", "device=cpu", "model=baseline",
-                                  "model.hidden_dims=[8,16]", "model.image_size=16",
-                                  "model.attn_min_ch=16", "data.num_images=32",
-                                  "trainer.batch_size=16", "trainer.epochs=1",
-                                  "trainer.progress=false", "ema.decay=0.9"]),
+    run = train(compose("train", TINY_TRAIN + ["model=baseline", "data.num_images=32",
+                                               "trainer.epochs=1", "ema.decay=0.9"]),
                 tmp_path / "base")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -176,11 +155,8 @@ def test_a_smoke_run_is_evaluated_with_its_presets_eval_settings(lift_run):
 
 def test_a_run_trained_before_the_schedule_was_recorded_keeps_the_unclipped_one(
         tmp_path, eval_cfg, caplog):
-    run = train(compose("train", ["experiment=smoke", "device=cpu", "model=lift",
-                                  "diffusion=cosine", "model.hidden_dims=[8,16]",
-                                  "model.image_size=16", "model.attn_min_ch=16",
-                                  "data.num_images=32", "trainer.batch_size=16",
-                                  "trainer.epochs=1", "trainer.progress=false"]),
+    run = train(compose("train", TINY_TRAIN + ["model=lift", "diffusion=cosine",
+                                               "data.num_images=32", "trainer.epochs=1"]),
                 tmp_path / "old")
     path = run / "checkpoints" / "epoch_0001.pt"
     state = torch.load(path, weights_only=False)
@@ -213,11 +189,7 @@ def test_final_step_is_checked(lift_run, eval_cfg):
 def test_each_weight_set_is_scored_with_its_own_weights(tmp_path, eval_cfg, monkeypatch):
     """The model that generates the `ema` row holds the checkpoint's EMA shadow, the `raw` row's
     its model_state; and the two FIDs differ (a trained smoke checkpoint, EMA 0.9)."""
-    run = train(compose("train", ["experiment=smoke", "device=cpu", "model=baseline",
-                                  "model.hidden_dims=[8,16]", "model.image_size=16",
-                                  "model.attn_min_ch=16", "data.num_images=64",
-                                  "trainer.batch_size=16", "trainer.epochs=2",
-                                  "trainer.progress=false", "ema.decay=0.9"]),
+    run = train(compose("train", TINY_TRAIN + ["model=baseline", "ema.decay=0.9"]),
                 tmp_path / "base")
     seen = []
     real_generate = ev.generate

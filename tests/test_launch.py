@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+from tiny import TINY_EVAL, TINY_TRAIN
 
 from explore.config import compose
 from explore.errors import ConfigError
@@ -28,12 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # the smallest study that still trains, evaluates raw and EMA weights and reports
-TINY_STUDY = [
-    "experiment=smoke", "device=cpu", "model.hidden_dims=[8,16]", "model.image_size=16",
-    "model.attn_min_ch=16", "data.num_images=64", "trainer.batch_size=16", "trainer.epochs=2",
-    "eval.num_images=24", "eval.num_steps=4", "eval.batch_size=12", "eval.heatmap.grid_size=4",
-    "eval.heatmap.num_probes=1", "eval.heatmap.num_images=2", "study.cpu_jobs=2",
-]
+TINY_STUDY = [o for o in TINY_TRAIN if o != "trainer.progress=false"] + [
+    o for o in TINY_EVAL if o.startswith("eval.") and "extractor" not in o] + [
+    "study.cpu_jobs=2"]
 
 
 def _job(seconds: float, slot: Slot) -> dict:
@@ -159,8 +157,10 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "training epoch" in out and f"report: {report}" in out
 
-    # interrupt LIFT after epoch 1: its last checkpoint and epoch-2 rows are gone
+    # interrupt LIFT after epoch 1: its epoch-2 snapshot, resume state and rows are gone (it
+    # continues from the epoch-1 snapshot)
     (lift / "checkpoints" / "epoch_0002.pt").unlink()
+    (lift / "checkpoints" / "last.pt").unlink()
     kept = [r for r in _rows(lift / "eval" / "fid.csv") if r["epoch"] == "1"]
     with open(lift / "eval" / "fid.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(kept[0]))
@@ -209,10 +209,9 @@ def test_failing_job_is_reported_and_the_others_finish(tmp_path, capsys):
 @pytest.mark.slow
 def test_multirun_through_the_local_devices_launcher(tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "explore.train", "-m", "model=baseline,lift",
-           "model.hidden_dims=[8,16]", "model.image_size=16", "model.attn_min_ch=16",
-           "experiment=smoke", "device=cpu", "data.num_images=32", "trainer.batch_size=16",
-           "trainer.epochs=1", "hydra/launcher=local_devices", "hydra.launcher.cpu_jobs=2",
+    cmd = [sys.executable, "-m", "explore.train", "-m", "model=baseline,lift", *TINY_TRAIN,
+           "data.num_images=32", "trainer.epochs=1", "hydra/launcher=local_devices",
+           "hydra.launcher.cpu_jobs=2",
            "hydra.launcher.poll_s=0.2", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_TRAIN
 from torch import nn
 
 from explore import evaluate as ev
@@ -202,11 +203,7 @@ def test_posthoc_resume_is_bitwise_identical(tiny_cfg, tmp_path):
 
 @pytest.fixture(scope="module")
 def phema_run(tmp_path_factory):
-    cfg = compose("train", ["experiment=smoke", "device=cpu", "model=baseline",
-                            "model.hidden_dims=[8,16]", "model.image_size=16",
-                            "model.attn_min_ch=16", "data.num_images=64",
-                            "trainer.batch_size=16", "trainer.epochs=2",
-                            "trainer.progress=false", *PHEMA])
+    cfg = compose("train", [*TINY_TRAIN, "model=baseline", *PHEMA])
     return train(cfg, tmp_path_factory.mktemp("runs") / "phema")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_TRAIN
 
 from explore import checkpoint as ckpt
 from explore import disk as disk_mod
@@ -230,9 +231,8 @@ def test_a_second_writer_stops_at_once_and_a_dead_ones_lock_is_taken_over(tiny_c
 
 
 def test_a_refused_or_failed_start_changes_nothing_on_disk(tmp_path):
-    cmd = [sys.executable, "-m", "explore.train", "experiment=smoke", "device=cpu",
-           "trainer.epochs=1", "data.num_images=32", "model.hidden_dims=[8,16]",
-           "model.image_size=16", "model.attn_min_ch=16", "trainer.batch_size=16"]
+    cmd = [sys.executable, "-m", "explore.train", *TINY_TRAIN, "trainer.epochs=1",
+           "data.num_images=32"]
     run = tmp_path / "lift"
     done = subprocess.run(cmd + ["model=lift", f"hydra.run.dir={run}"], cwd=REPO,
                           capture_output=True, text=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from test_launch import TINY_STUDY
+from tiny import TINY_TRAIN
 
 from explore.config import compose
 from launch.study import run_study
@@ -39,10 +40,8 @@ def test_study_runs_on_slurm(slurm_cluster, tmp_path):
 
 def test_multirun_through_submitit_slurm(slurm_cluster, tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "explore.train", "-m", "model=baseline,lift",
-           "experiment=smoke", "device=cpu", "model.hidden_dims=[8,16]", "model.image_size=16",
-           "model.attn_min_ch=16", "data.num_images=32", "trainer.batch_size=16",
-           "trainer.epochs=1", "trainer.progress=false", "hydra/launcher=submitit_slurm",
+    cmd = [sys.executable, "-m", "explore.train", "-m", "model=baseline,lift", *TINY_TRAIN,
+           "data.num_images=32", "trainer.epochs=1", "hydra/launcher=submitit_slurm",
            "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
            "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,

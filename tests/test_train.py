@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_TRAIN
 
 from explore import checkpoint as ckpt
 from explore import training as training_mod
@@ -190,9 +191,8 @@ def test_cli_help_and_smoke_run(tmp_path):
     assert out.returncode == 0
     assert "model: baseline, lift" in out.stdout and "trainer:" in out.stdout
     run = tmp_path / "cli"
-    overrides = ["experiment=smoke", "device=cpu", "model=lift", "trainer.epochs=1",
-                 "data.num_images=64", "model.hidden_dims=[8,16]", "model.image_size=16",
-                 "model.attn_min_ch=16", "trainer.batch_size=32", f"hydra.run.dir={run}"]
+    overrides = [*TINY_TRAIN, "model=lift", "trainer.epochs=1", "trainer.batch_size=32",
+                 f"hydra.run.dir={run}"]
     out = subprocess.run(env_cmd + overrides, capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert (run / "checkpoints" / "epoch_0001.pt").is_file()
