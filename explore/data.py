@@ -13,6 +13,12 @@ Three sources, each built from config through `_target_`:
 Holding uint8 in memory is the point: AFHQv2 at 64x64 is 194 MB, the training loop indexes
 batches straight from it (no DataLoader workers), and FID reads the same tensor as real images.
 Batches become floats in [-1, 1] with `to_float`.
+
+Held-out images (for the held-out denoising loss, explore.heldout), off unless asked for:
+`holdout_root` (a folder, e.g. AFHQv2's test split) or `holdout_num` N. For `shapes`, N more
+images drawn from their own stream (the training set is unchanged); for `folder`/`afhq`, N
+images set aside by a fixed permutation, which the log and the data set's name say (the training
+set is then N smaller: never done unless asked).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class DataError(UserError):
 class ImageSet:
     images: torch.Tensor  # (N, 3, S, S) uint8
     name: str             # identifies the content, for caches (FID real statistics)
+    holdout: torch.Tensor | None = None  # (M, 3, S, S) uint8 images never trained on
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
@@ -68,16 +75,22 @@ def to_uint8(batch: torch.Tensor) -> torch.Tensor:
 
 
 # -- shapes ------------------------------------------------------------------------------------
-def shapes(image_size: int = 32, num_images: int = 4096, seed: int = 0) -> ImageSet:
-    """The embedded procedural image set (see the module docstring)."""
+def shapes(image_size: int = 32, num_images: int = 4096, seed: int = 0,
+           holdout_num: int | None = None) -> ImageSet:
+    """The embedded procedural image set (see the module docstring); with `holdout_num`, that
+    many more images from a stream of their own (seed + 1,000,003) as the held-out set."""
     if image_size < 8:
         raise DataError(f"data.image_size={image_size}: shapes needs at least 8 pixels")
     if num_images < 1:
         raise DataError(f"data.num_images={num_images} must be >= 1")
-    g = torch.Generator().manual_seed(int(seed))
-    chunks = [_draw_shapes(min(1024, num_images - i), image_size, g)
-              for i in range(0, num_images, 1024)]
-    return ImageSet(torch.cat(chunks), f"shapes-s{seed}-n{num_images}-{image_size}px")
+    held = _draw_all(int(holdout_num), image_size, int(seed) + 1_000_003) if holdout_num else None
+    return ImageSet(_draw_all(num_images, image_size, int(seed)),
+                    f"shapes-s{seed}-n{num_images}-{image_size}px", held)
+
+
+def _draw_all(n: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([_draw_shapes(min(1024, n - i), size, g) for i in range(0, n, 1024)])
 
 
 def _draw_shapes(n: int, size: int, g: torch.Generator) -> torch.Tensor:
@@ -141,9 +154,11 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
 
 
 def folder(root: str, image_size: int = 64, num_images: int | None = None,
-           workers: int | None = None, progress: bool = True) -> ImageSet:
+           workers: int | None = None, progress: bool = True, holdout_root: str | None = None,
+           holdout_num: int | None = None) -> ImageSet:
     """Every image under `root` (recursively), decoded once into memory; with `num_images`,
-    the first that many in sorted path order (a fixed subset for quick runs)."""
+    the first that many in sorted path order (a fixed subset for quick runs). Held-out images:
+    every image under `holdout_root`, or `holdout_num` set aside (module docstring)."""
     if not root:
         raise DataError("data=folder needs data.root=/path/to/images")
     files = list_images(root)
@@ -151,23 +166,51 @@ def folder(root: str, image_size: int = 64, num_images: int | None = None,
         if int(num_images) < 1:
             raise DataError(f"data.num_images={num_images} must be >= 1 (or null: all)")
         files = files[:int(num_images)]
+    images = _load_all(files, image_size, root, workers, progress)
+    # name: the folder plus a digest of its file list, so caches notice added/removed files
+    digest = hashlib.sha1("\n".join(str(p.relative_to(root)) for p in files).encode())
+    stem = Path(root).expanduser().resolve().name
+    out = ImageSet(images, f"folder-{stem}-{digest.hexdigest()[:10]}-n{len(files)}-"
+                           f"{image_size}px")
+    return with_holdout(out, holdout_root, holdout_num, image_size, workers, progress)
+
+
+def _load_all(files, image_size: int, root, workers, progress) -> torch.Tensor:
     workers = workers or min(8, os.cpu_count() or 1)
     from tqdm import tqdm
 
     with ThreadPoolExecutor(workers) as pool:
         it = pool.map(lambda p: load_image(p, image_size), files)
-        images = list(tqdm(it, total=len(files), desc=f"loading {root}", disable=not progress,
-                           unit="img", leave=False))
-    # name: the folder plus a digest of its file list, so caches notice added/removed files
-    digest = hashlib.sha1("\n".join(str(p.relative_to(root)) for p in files).encode())
-    stem = Path(root).expanduser().resolve().name
-    return ImageSet(torch.stack(images), f"folder-{stem}-{digest.hexdigest()[:10]}-"
-                                         f"n{len(files)}-{image_size}px")
+        return torch.stack(list(tqdm(it, total=len(files), desc=f"loading {root}",
+                                     disable=not progress, unit="img", leave=False)))
+
+
+def with_holdout(data: ImageSet, holdout_root: str | None, holdout_num: int | None,
+                 image_size: int, workers=None, progress: bool = True) -> ImageSet:
+    """`data` with its held-out images: those under `holdout_root`, or `holdout_num` of its own
+    set aside by a fixed permutation (then named in the data set's name, and logged)."""
+    if holdout_root and holdout_num:
+        raise DataError("give data.holdout_root or data.holdout_num, not both")
+    if holdout_root:
+        held = _load_all(list_images(holdout_root), image_size, holdout_root, workers, progress)
+        return ImageSet(data.images, data.name, held)
+    if not holdout_num:
+        return data
+    n = int(holdout_num)
+    if not 0 < n < len(data):
+        raise DataError(f"data.holdout_num={n}: must be between 1 and {len(data) - 1} (the set "
+                        f"has {len(data)} images)")
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(20_241_201))
+    keep, held = perm[n:].sort().values, perm[:n].sort().values
+    log.warning("data.holdout_num=%d: %d images set aside as held-out, training on the other "
+                "%d", n, n, len(keep))
+    return ImageSet(data.images[keep], f"{data.name}-holdout{n}", data.images[held])
 
 
 # -- AFHQv2 from the hub -----------------------------------------------------------------------
 def afhq(image_size: int = 64, split: str = "train", repo: str = "huggan/AFHQv2",
-         num_images: int | None = None, progress: bool = True) -> ImageSet:
+         num_images: int | None = None, progress: bool = True, holdout_root: str | None = None,
+         holdout_num: int | None = None) -> ImageSet:
     """AFHQv2 from the HuggingFace hub, prepared like `folder` (`num_images`: the first N)."""
     hint = ("Without a reachable hub, download AFHQv2 once (e.g. the 'train' folder of "
             "huggan/AFHQv2 or the StarGAN-v2 AFHQ release) and run with data=folder "
@@ -192,7 +235,8 @@ def afhq(image_size: int = 64, split: str = "train", repo: str = "huggan/AFHQv2"
         x = TF.pil_to_tensor(row["image"].convert("RGB"))
         x = TF.center_crop(TF.resize(x, image_size, antialias=True), [image_size, image_size])
         images.append(x)
-    return ImageSet(torch.stack(images), f"afhqv2-{split}-n{len(images)}-{image_size}px")
+    out = ImageSet(torch.stack(images), f"afhqv2-{split}-n{len(images)}-{image_size}px")
+    return with_holdout(out, holdout_root, holdout_num, image_size, progress=progress)
 
 
 def subset(images: torch.Tensor, count: int, seed: int) -> torch.Tensor:

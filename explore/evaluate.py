@@ -275,6 +275,8 @@ def evaluate_weight_set(ctx: EvalContext, model: torch.nn.Module, epoch: int, ws
                         "initialisation, not training progress", epoch, ws.name, 100 * share,
                         e.ema_share_threshold)
     heatmap, grids = None, {}
+    step = step if step is not None else (epoch * spe if spe and epoch >= 0 else None)
+    length = ws.length(step)  # sigma_rel and half-life on one axis for every weight set
     for pname in todo:
         t0 = time.perf_counter()
         if pname in ("dp_64", "dp_total") and heatmap is None:
@@ -287,11 +289,14 @@ def evaluate_weight_set(ctx: EvalContext, model: torch.nn.Module, epoch: int, ws
                                  cache_root=e.fid.cache_root, device=str(ctx.device),
                                  batch_size=int(e.fid.batch_size), progress=ctx.progress)
         row = {**ctx.identity(), **ctx.key(epoch, ws.name, pname),
-               "step": step if step is not None else (epoch * spe if spe and epoch >= 0 else ""),
+               "step": step if step is not None else "",
                "fid": round(fid, 4),
                "ema_share": round(share, 4) if share is not None else "",
                "ema_share_low": low if ws.is_ema else "",
                "lag_epochs": round(lag, 3) if lag else "",
+               "sigma_rel": round(length.sigma_rel, 5) if length else "",
+               "half_life_kimg": (round(length.half_life_kimg(ctx.info.batch_size), 4)
+                                  if length and ctx.info.batch_size else ""),
                "seconds": round(time.perf_counter() - t0, 2)}
         ctx.results.add(row)
         if e.grid:

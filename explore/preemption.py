@@ -48,8 +48,11 @@ class StepBoundary:
     def hand_over(self) -> None:
         """Give the noted signal to the handler it was meant for (submitit: requeue, exit)."""
         signum, frame = self.caught
+        handler = self.previous.get(signum)
+        self.caught = None
         self._restore()
-        self.previous.get(signum, lambda *a: None)(signum, frame)
+        if handler is not None:
+            handler(signum, frame)
 
     def _restore(self) -> None:
         for sig, prev in self.previous.items():

@@ -164,6 +164,7 @@ class RunInfo:
     seed: int | None = None               # training seed
     ema_decay: float | None = None        # the primary EMA's decay (None: no EMA or a power EMA)
     ema_decays: list = field(default_factory=list)       # every tracked exponential decay
+    ema_half_lives_kimg: list = field(default_factory=list)  # their half-lives at batch_size
     ema_sigma_rels: list = field(default_factory=list)   # every tracked power-function EMA
     schedule: dict = field(default_factory=dict)         # the noise schedule (its describe())
     dataset: str | None = None            # the training images' content id
@@ -199,7 +200,8 @@ def write_run_info(run_dir: str | Path, info: RunInfo) -> Path:
 # -- eval/fid.csv -----------------------------------------------------------------------------
 FID_COLUMNS = ["run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step",
                "weights", "path", "num_steps", "num_images", "extractor", "schedule",
-               "final_step", "fid", "ema_share", "ema_share_low", "lag_epochs", "seconds"]
+               "final_step", "fid", "ema_share", "ema_share_low", "lag_epochs", "sigma_rel",
+               "half_life_kimg", "seconds"]
 # what makes two rows the same measurement. The protocol is part of it: a number made with
 # another extractor, image count, step count, noise schedule or final DDIM step is another row,
 # never a replacement.

@@ -16,6 +16,7 @@ from . import checkpoint as ckpt
 from .config import CONF_DIR, to_plain
 from .data import DataError, ImageSet
 from .ema import averaging_window
+from .ema.length import half_life_kimg_for_decay
 from .errors import ConfigError
 from .files import atomic_write
 from .runfiles import RunFolder, RunInfo, write_run_info
@@ -31,6 +32,8 @@ IDENTITY_KEYS = ("model", "data", "diffusion", "ema", "optim", "seed", "trainer.
 # ... except these, which a resume may change (the non-finite-loss advice: a lower optim.lr);
 # the change is logged and kept in the run's history (`changes` in run.json and checkpoints)
 MAY_CHANGE = ("optim.lr", "optim.optimizer.lr")
+# ... and these copy another identity key (trainer.batch_size), so they never differ on their own
+DERIVED = ("ema.batch_size",)
 
 
 def resume_point(cfg: DictConfig, run: RunFolder) -> tuple[Path, dict] | None:
@@ -88,12 +91,29 @@ def _without(tree: dict, keys) -> dict:
     return tree
 
 
+def _added(old, new, prefix: str = "") -> list[str]:
+    """Keys of `new` that `old` lacks and that are null or derived (options added to the config
+    since `old` was saved, left at their "off" default): not a difference."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+    out = []
+    for key, value in new.items():
+        path = f"{prefix}{key}"
+        if key not in old and (value is None or path in DERIVED):
+            out.append(path)
+        elif key in old:
+            out += _added(old[key], value, path + ".")
+    return out
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
     """The IDENTITY_KEYS that differ (MAY_CHANGE excepted), as "key: old -> new"."""
     if old and "diffusion" not in old:  # saved before the schedule was recorded: the cosine one
         old = {**old, "diffusion": OmegaConf.to_container(
             OmegaConf.load(CONF_DIR / "diffusion" / "cosine.yaml"))}
-    old, new = _without(old, MAY_CHANGE), _without(new, MAY_CHANGE)
+    added = _added(old, new)
+    old = _without(old, [*MAY_CHANGE, *DERIVED])
+    new = _without(new, [*MAY_CHANGE, *DERIVED, *added])
     return [f"{key}: {_get(old, key)} -> {_get(new, key)}" for key in IDENTITY_KEYS
             if _get(old, key) != _get(new, key)]
 
@@ -132,6 +152,8 @@ def write_run_start(run: RunFolder, cfg: DictConfig, training: Training, data: I
         run=run.name, model=training.kind, seed=int(cfg.seed),
         ema_decay=ema.decay if ema is not None else None,
         ema_decays=ema.decays if ema is not None else [],
+        ema_half_lives_kimg=[round(half_life_kimg_for_decay(d, cfg.trainer.batch_size), 4)
+                             for d in (ema.decays if ema is not None else [])],
         ema_sigma_rels=ema.sigma_rels if ema is not None else [],
         schedule=training.schedule.describe(), dataset=data.name, image_size=data.image_size,
         num_images=len(data), epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -144,10 +166,10 @@ def write_run_start(run: RunFolder, cfg: DictConfig, training: Training, data: I
              steps_per_epoch, training.device, schedule.name, schedule.alpha_bar[0],
              schedule.alpha_bar[-1])
     if ema is not None:
-        describe_ema(ema, steps_per_epoch, epochs)
+        describe_ema(ema, steps_per_epoch, epochs, int(cfg.trainer.batch_size))
 
 
-def describe_ema(ema, steps_per_epoch: int, total_epochs: int) -> None:
+def describe_ema(ema, steps_per_epoch: int, total_epochs: int, batch_size: int) -> None:
     """Print every tracked average's window (lag), and warn when an EMA's window is long for the
     planned run: an EMA evaluated while it is still mostly its initial weights hides what
     training achieved."""
@@ -160,9 +182,12 @@ def describe_ema(ema, steps_per_epoch: int, total_epochs: int) -> None:
                      track.sigma_rel * total_epochs, total_steps)
             continue
         window = averaging_window(track.decay)
-        log.info("%s: averaging window %.0f optimizer steps = %.2f epochs "
-                 "(%d steps/epoch; run: %d epochs = %d steps)", track.name, window,
-                 window / steps_per_epoch, steps_per_epoch, total_epochs, total_steps)
+        half = half_life_kimg_for_decay(track.decay, batch_size)
+        log.info("%s: decay %.10g per step = half-life %.4g kimg (%.0f steps of %d images, %.2f "
+                 "epochs); averaging window %.0f optimizer steps = %.2f epochs (%d steps/epoch; "
+                 "run: %d epochs = %d steps)", track.name, track.decay, half,
+                 half * 1000 / batch_size, batch_size, half * 1000 / batch_size / steps_per_epoch,
+                 window, window / steps_per_epoch, steps_per_epoch, total_epochs, total_steps)
         share = track.planned_share(total_steps)
         if window > total_steps / 3 and share < 1:
             log.warning("EMA window (%.0f steps) is longer than a third of the planned run "

@@ -31,6 +31,7 @@ from .data import ImageSet, to_float
 from .devices import resolve_device
 from .disk import check_disk, plan_disk
 from .files import atomic_write, fmt_bytes, remove_stale_temporaries
+from .heldout import HeldOutLoss
 from .preemption import StepBoundary
 from .runfiles import RunFolder
 from .runlock import RunLock
@@ -81,10 +82,13 @@ def train(cfg: DictConfig, run_dir: str | Path, command: list[str] | None = None
                      state.epoch, epochs)
             return run.path
         saver, images = Checkpointer(run, training, cfg), data.images.to(device)
+        heldout = HeldOutLoss.of(data, training)  # with held-out images: overfitting measured
         training.model.train()
         with StepBoundary() as stop:
             for epoch in range(state.epoch + 1, epochs + 1):
                 row = train_epoch(training, images, cfg, epoch, state, saver, stop, command)
+                if heldout is not None:
+                    row.update(heldout.metrics())
                 state.end_epoch(epoch, row)
                 write_metrics(run.metrics, state.history)
                 log.info("epoch %d/%d  step %d  loss %.4f  %.1f img/s%s", epoch, epochs,

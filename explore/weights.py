@@ -38,6 +38,7 @@ from .ema import (
     strip_prefixes,
     track_info,
 )
+from .ema.length import RAW, Length
 from .errors import UserError
 from .runfiles import RunFolder
 
@@ -60,6 +61,13 @@ class WeightSet:
     window: float | None = None        # averaging window in optimizer steps (None: 1/(1-decay))
     sigma_rel: float | None = None     # power-function profiles
     reconstructed: bool = False        # made by explore.posthoc, not tracked during training
+    info: TrackInfo | None = None      # the state it was read from (None: raw)
+
+    def length(self, step: int | None) -> Length | None:
+        """Its EMA length at optimizer `step` (sigma_rel, half-life); raw weights: 0."""
+        if self.info is None:
+            return RAW
+        return self.info.length(step) if step else None
 
     @property
     def is_ema(self) -> bool:
@@ -102,9 +110,9 @@ def _from_info(name: str, info: TrackInfo, reconstructed: bool = False) -> Weigh
     """A weight set from one EMA state read by explore.ema.track_info."""
     if info.kind == "phema":
         return WeightSet(name, info.shadow, None, info.updates, False, info.init_weight,
-                         info.window_steps, info.sigma_rel, reconstructed)
+                         info.window_steps, info.sigma_rel, reconstructed, info)
     return WeightSet(name, info.shadow, info.decay, info.updates, info.estimated,
-                     info.init_weight)
+                     info.init_weight, info=info)
 
 
 def _from_state(name: str, ema_state: dict, state: dict, steps_per_epoch: int | None

@@ -71,6 +71,20 @@ def averaging_window(decay: float) -> float:
     return math.inf if decay >= 1 else 1.0 / (1.0 - decay)
 
 
+def _decay(decay: float | None, half_life_kimg: float | None, batch_size: int | None
+           ) -> float:
+    """The decay per optimizer step: `decay`, or the one whose half-life is `half_life_kimg`
+    thousand images at `batch_size` images per step (EDM: 0.5^(batch / half-life))."""
+    if half_life_kimg is None:
+        return decay
+    if not batch_size:
+        raise ValueError("ema.half_life_kimg needs the batch size (ema.batch_size, set from "
+                         "trainer.batch_size by the config)")
+    from .length import decay_for_half_life
+
+    return decay_for_half_life(half_life_kimg, batch_size)
+
+
 def warmup_decay(rule: str | None, t: int, decay: float, inv_gamma: float = 1.0,
                  power: float = 2.0 / 3.0, min_decay: float = 0.0) -> float:
     """Decay of an exponential EMA after `t` averaged optimizer steps (see the module docstring):
@@ -109,7 +123,8 @@ class EMA(Track, Averaging):
     def __init__(self, model: nn.Module | None = None, decay: float = 0.9999,
                  start_step: int = 0, update_every: int = 1, warmup: str | None = None,
                  inv_gamma: float = 1.0, power: float = 2.0 / 3.0, min_decay: float = 0.0,
-                 bias_correction: bool = False, *, live: LiveTensors | None = None):
+                 bias_correction: bool = False, half_life_kimg: float | None = None,
+                 batch_size: int | None = None, *, live: LiveTensors | None = None):
         if int(start_step) < 0:
             raise ValueError(f"EMA start_step must be >= 0, got {start_step}")
         if warmup is not None and warmup not in WARMUPS:
@@ -118,7 +133,7 @@ class EMA(Track, Averaging):
             raise ValueError(f"EMA warmup needs inv_gamma > 0 and power > 0, got {inv_gamma}, "
                              f"{power}")
         super().__init__(live if live is not None else LiveTensors(model), update_every)
-        self.decay = check_decay(decay)
+        self.decay = check_decay(_decay(decay, half_life_kimg, batch_size))
         self.min_decay = check_decay(min_decay)
         self.start_step = int(start_step)
         self.warmup = warmup
@@ -222,7 +237,11 @@ class EMABank(Bank):
     def __init__(self, model: nn.Module, decays: Sequence[float] = (0.999, 0.9999),
                  primary: float | None = None, start_step: int = 0, update_every: int = 1,
                  warmup: str | None = None, inv_gamma: float = 1.0, power: float = 2.0 / 3.0,
-                 min_decay: float = 0.0, bias_correction: bool = False):
+                 min_decay: float = 0.0, bias_correction: bool = False,
+                 half_lives_kimg: Sequence[float] | None = None, batch_size: int | None = None):
+        if half_lives_kimg:  # lengths in images instead of decays (primary: a half-life too)
+            decays = [_decay(None, h, batch_size) for h in half_lives_kimg]
+            primary = _decay(None, primary, batch_size) if primary is not None else None
         decays = [check_decay(d) for d in decays]
         if primary is not None and check_decay(primary) not in decays:
             raise ValueError(f"EMA primary={primary} is not one of decays={decays}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .exponential import averaging_window
+from .power import sigma_rel_to_gamma
 
 
 @dataclass
@@ -38,6 +39,22 @@ class TrackInfo:
                                        # sigma_rel x t for a power profile (stored, or implied)
     sigma_rel: float | None = None     # power profiles
     gamma: float | None = None
+    rule: dict | None = None           # an exponential EMA's update rule (update_every,
+                                       # start_step, warmup, ..., bias_correction), if stored
+
+    def length(self, step: int):
+        """Its length (explore.ema.length.Length: sigma_rel, half-life) at optimizer `step`."""
+        from .length import exponential_length, power_length
+
+        if self.kind == "phema":
+            gamma = self.gamma if self.gamma is not None else sigma_rel_to_gamma(self.sigma_rel)
+            return power_length(self.sigma_rel, gamma, step)
+        rule = dict(self.rule or {})
+        if self.estimated or "num_updates" not in rule:  # counters unknown: from the step
+            rule.pop("num_updates", None)
+            return exponential_length(self.decay, step, **rule)
+        updates = rule.pop("num_updates")
+        return exponential_length(self.decay, step, updates=updates, **rule)
 
 
 def _updates(state: dict, checkpoint_state: dict, steps_per_epoch: int | None
@@ -74,8 +91,15 @@ def track_info(state: dict, checkpoint_state: dict | None = None,
                          None, 0.0 if init_weight is None else float(init_weight), window,
                          sigma_rel, gamma)
     decay = float(state.get("decay", checkpoint_state.get("ema_decay")))
+    rule = {k: state[k] for k in _RULE if state.get(k) is not None}
     return TrackInfo("ema", state.get("name"), state["shadow"], step, updates, estimated, decay,
-                     None if init_weight is None else float(init_weight), averaging_window(decay))
+                     None if init_weight is None else float(init_weight), averaging_window(decay),
+                     rule=rule)
+
+
+# an exponential state's settings that shape its averaging profile (explore.ema.length)
+_RULE = ("num_updates", "update_every", "start_step", "warmup", "inv_gamma", "power",
+         "min_decay", "bias_correction")
 
 
 def power_states(checkpoint_state: dict | None) -> dict[str, TrackInfo]:
