@@ -13,12 +13,13 @@ def ema_tag(ema) -> str:
     """A short, filename-safe name of an EMA config, for run folder names."""
     if ema is None or not ema.get("_target_"):
         return "noema"
+    if "sigma_rels" in ema:
+        tag = "phema" + "+".join(str(s) for s in ema.sigma_rels)
+        return tag + ("-ema" + "+".join(str(d) for d in ema.decays) if ema.get("decays") else "")
     if ema.get("half_lives_kimg"):
         return "emahl" + "+".join(f"{h}k" for h in ema.half_lives_kimg)
     if "decays" in ema:
         return "ema" + "+".join(str(d) for d in ema.decays)
-    if "sigma_rels" in ema:
-        return "phema" + "+".join(str(s) for s in ema.sigma_rels)
     if ema.get("half_life_kimg"):
         return f"emahl{ema.half_life_kimg}k"
     return f"ema{ema.decay}"

@@ -104,3 +104,27 @@ class EvalJob(submitit.helpers.Checkpointable):
     def __call__(self, run_dir: str, overrides: list[str], slot: Slot) -> str:
         _note_restarts(run_dir, "evaluating")
         return eval_job(run_dir, overrides, slot)
+
+
+def posthoc_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
+    """Reconstruct the study's post-hoc EMA sweep at every checkpoint (existing files kept)."""
+    from explore.config import compose
+    from explore.posthoc import posthoc
+
+    run = Path(run_dir)
+    _setup(run, slot, None)
+    try:
+        written = posthoc(compose("posthoc", list(overrides) + [f"run_dir={run}"]))
+    except Exception as e:
+        logging.getLogger("launch.jobs").error("post-hoc EMA failed: %s: %s", type(e).__name__,
+                                               e)
+        raise
+    return f"{len(written)} post-hoc EMAs"
+
+
+class PosthocJob(submitit.helpers.Checkpointable):
+    """posthoc_job, requeued with the same arguments after a time limit or preemption."""
+
+    def __call__(self, run_dir: str, overrides: list[str], slot: Slot) -> str:
+        _note_restarts(run_dir, "posthoc")
+        return posthoc_job(run_dir, overrides, slot)

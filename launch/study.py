@@ -28,7 +28,7 @@ from explore.config import compose, ema_tag
 from explore.errors import ConfigError
 from explore.runfiles import RunFolder
 
-from .jobs import EvalJob, TrainJob
+from .jobs import EvalJob, PosthocJob, TrainJob
 from .pool import DeviceQueue, Ticket, make_slots
 
 log = logging.getLogger("launch.study")
@@ -45,6 +45,7 @@ class Run:
     train_overrides: list[str]
     eval_overrides: list[str]
     epochs: int
+    posthoc_overrides: list[str] | None = None  # a post-hoc EMA sweep between train and eval
     tickets: list[Ticket] = field(default_factory=list)
     state: str = "queued"
     note: str = ""
@@ -83,11 +84,20 @@ def build_runs(cfg: DictConfig, task_overrides: list[str]) -> tuple[Path, list[R
     study_dir = Path(s.out) / str(s.name)
     user_train, user_eval = split_overrides(task_overrides)
     decays = list(s.decays) if s.decays else [cfg.ema.decay]
+    listed = f"[{','.join(map(str, decays))}]"
+    sweep = s.get("posthoc")  # study=ema_length: power EMAs + the decays, then a sweep
+    posthoc = ([f"sigma_rel=[{','.join(map(str, sweep.sigma_rel))}]", "epochs=all"]
+               if sweep else None)
     runs = []
     for model in s.models:
         for seed in s.seeds:
-            variants = ([["ema=multi", f"ema.decays=[{','.join(map(str, decays))}]"]]
-                        if s.ema_bank else [[f"ema.decay={d}"] for d in decays])
+            if sweep:
+                variants = [["ema=posthoc", f"ema.decays={listed}",
+                             f"ema.sigma_rels=[{','.join(map(str, sweep.tracked))}]"]]
+            elif s.ema_bank:
+                variants = [["ema=multi", f"ema.decays={listed}"]]
+            else:
+                variants = [[f"ema.decay={d}"] for d in decays]
             for ema_args in variants:
                 overrides = [f"model={model}", *user_train, *ema_args, f"seed={seed}",
                              *map(str, s.train)]
@@ -97,7 +107,8 @@ def build_runs(cfg: DictConfig, task_overrides: list[str]) -> tuple[Path, list[R
                     raise ConfigError(f"job {model} seed {seed} {ema_args}: {e}") from e
                 name = f"{model}-{ema_tag(job_cfg.ema)}-seed{seed}"
                 runs.append(Run(name, study_dir / name, model, overrides,
-                                [*user_eval, *map(str, s.eval)], int(job_cfg.trainer.epochs)))
+                                [*user_eval, *map(str, s.eval)], int(job_cfg.trainer.epochs),
+                                posthoc_overrides=posthoc))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"the study grid names two runs the same: {names}")
@@ -142,6 +153,8 @@ def describe(run: Run) -> str:
         return f"training epoch {epoch}/{run.epochs}{where}{requeued}"
     if run.state == "evaluating":
         return f"evaluating ({_count_rows(run.folder.fid_csv)} rows){where}{requeued}"
+    if run.state == "posthoc":
+        return f"reconstructing post-hoc EMAs{where}"
     if run.state == "failed":
         return f"FAILED: {run.note}"
     return run.state + (f" ({run.note})" if run.note else "")
@@ -182,23 +195,29 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
     study_dir.mkdir(parents=True, exist_ok=True)
     print(f"study {cfg.study.name}: {len(runs)} run(s) in {study_dir}", flush=True)
 
+    jobs = {"training": (TrainJob, "train_overrides", "to train"),
+            "posthoc": (PosthocJob, "posthoc_overrides", "to reconstruct post-hoc EMAs"),
+            "evaluating": (EvalJob, "eval_overrides", "to evaluate")}
+
     def submit(run: Run, stage: str) -> None:
-        fn, overrides = ((TrainJob(), run.train_overrides) if stage == "training"
-                         else (EvalJob(), run.eval_overrides))
-        run.tickets.append(queue.submit(Ticket(f"{run.name}:{stage}", fn,
-                                               (str(run.dir), overrides),
+        job, overrides, note = jobs[stage]
+        run.tickets.append(queue.submit(Ticket(f"{run.name}:{stage}", job(),
+                                               (str(run.dir), getattr(run, overrides)),
                                                run.folder.logs_dir)))
-        run.state = "queued"
-        run.note = "to train" if stage == "training" else "to evaluate"
+        run.state, run.note = "queued", note
+
+    def next_stage(run: Run, done: str | None) -> str | None:
+        order = ["training"] + (["posthoc"] if run.posthoc_overrides else [])
+        order += ["evaluating"] if cfg.study.evaluate else []
+        return order[order.index(done) + 1] if done in order[:-1] else (
+            order[0] if done is None else None)
 
     for run in runs:
-        if run.trained():
-            if cfg.study.evaluate:
-                submit(run, "evaluating")
-            else:
-                run.state = "done"
+        stage = next_stage(run, "training") if run.trained() else "training"
+        if stage:
+            submit(run, stage)
         else:
-            submit(run, "training")
+            run.state = "done"
 
     progress = Progress(runs)
     try:
@@ -206,17 +225,17 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
             ended = queue.poll()
             for t in ended:
                 run = next(r for r in runs if t in r.tickets)
+                stage = t.name.rsplit(":", 1)[1]
                 if t.state == "failed":
                     run.state, run.note = "failed", f"{t.error} (log: {t.log_path})"
-                elif t.name.endswith(":training") and cfg.study.evaluate:
-                    submit(run, "evaluating")
+                elif next_stage(run, stage):
+                    submit(run, next_stage(run, stage))
                 else:
                     run.state, run.note = "done", ""
             for run in runs:
                 t = run.tickets[-1] if run.tickets else None
                 if t is not None and t.state == "running":
-                    run.state = "training" if t.name.endswith(":training") else "evaluating"
-                    run.note = ""
+                    run.state, run.note = t.name.rsplit(":", 1)[1], ""
             progress.update()
             if queue.busy:
                 time.sleep(poll_s)

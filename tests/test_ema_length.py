@@ -209,3 +209,21 @@ def test_folder_holdout_sets_images_aside_and_says_so(tmp_path, caplog):
     assert "3 images set aside as held-out, training on the other 7" in caplog.text
     seen = {int(x[0, 0, 0]) for x in torch.cat([data.images, data.holdout])}
     assert len(seen) == 10  # disjoint, none lost
+
+
+# -- memorisation -------------------------------------------------------------------------------
+def test_memorization_rate_is_one_for_copies_and_zero_for_fresh_samples():
+    from explore.data import shapes
+    from explore.memorization import nearest_two, pair_grid, pixels
+
+    train = shapes(image_size=16, num_images=256, seed=0).images
+    noisy = (train[:64].int() + torch.randint(-2, 3, (64, 3, 16, 16),
+                                              generator=torch.Generator().manual_seed(1)))
+    copies = noisy.clamp(0, 255).to(torch.uint8)  # training images + tiny noise
+    fresh = shapes(image_size=16, num_images=64, seed=7).images  # another seed: new images
+    near = nearest_two(pixels(copies), pixels(train))
+    assert near.rate() >= 0.95
+    assert torch.equal(near.index, torch.arange(64))  # each found its own original
+    assert nearest_two(pixels(fresh), pixels(train)).rate() <= 0.05
+    grid = pair_grid(copies, train, near, k=8)
+    assert grid.dtype == torch.uint8 and grid.shape[0] == 3

@@ -133,6 +133,9 @@ class PostHocEMA(Bank):
         checkpoint are snapshots too. Disk: 4 bytes x parameters x len(sigma_rels) per snapshot
         (LIFT, 2 profiles: 468 MB).
     update_every: average every N optimizer steps (beta uses N, so the profile is unchanged).
+    decays: exponential EMAs tracked beside them (e.g. the study's fixed 0.9999), the first
+        being the run's primary average (`ema`), so a run has the fixed-decay EMA and the
+        material for any other length; they are not snapshotted (nothing is rebuilt from them).
 
     Reconstruction quality grows with the number of snapshots: reconstructing sigma_rel 0.10
     from 0.05 and 0.15 over a 600-step random walk, 12/30/60 snapshot times gave a relative
@@ -140,12 +143,16 @@ class PostHocEMA(Bank):
     """
 
     def __init__(self, model: nn.Module, sigma_rels: Sequence[float] = (0.05, 0.10),
-                 snapshot_every: int | str | None = "auto", update_every: int = 1):
+                 snapshot_every: int | str | None = "auto", update_every: int = 1,
+                 decays: Sequence[float] | None = None):
+        from .exponential import EMA
+
         if snapshot_every not in (None, "auto") and int(snapshot_every) < 1:
             raise ValueError(f"EMA snapshot_every must be >= 1, auto or null, got "
                              f"{snapshot_every}")
         live = LiveTensors(model)
-        tracks = [PowerEMA(live, s, update_every) for s in sigma_rels]
+        tracks = [EMA(decay=d, update_every=update_every, live=live) for d in decays or []]
+        tracks += [PowerEMA(live, s, update_every) for s in sigma_rels]
         super().__init__(live, tracks)
         self.snapshot_setting = snapshot_every
         self.snapshot_every = (int(snapshot_every) if snapshot_every not in (None, "auto")
@@ -153,10 +160,10 @@ class PostHocEMA(Bank):
         self._due = False  # the last update() was at a snapshot step
 
     @property
-    def decay(self) -> None:
-        """None: a power-function EMA has no single decay (ema_state['decay'] holds the decay
-        of its last update)."""
-        return None
+    def decay(self) -> float | None:
+        """The primary exponential EMA's decay; None without one (a power-function EMA has no
+        single decay: ema_state['decay'] holds the decay of its last update)."""
+        return self.primary.decay if self.primary.kind == "ema" else None
 
     def plan(self, total_steps: int | None) -> None:
         """snapshot_every=auto: total_steps // AUTO_SNAPSHOTS (at least 1)."""
@@ -172,9 +179,10 @@ class PostHocEMA(Bank):
         return self._due
 
     def snapshot(self) -> dict:
-        """{format, step, emas: {name: state}}: what the training loop saves at
-        RunFolder(run).snapshot(step)."""
-        return {"format": SNAPSHOT_FORMAT, **super().snapshot()}
+        """{format, step, emas: {name: state}} of the power-function tracks: what the training
+        loop saves at RunFolder(run).snapshot(step)."""
+        return {"format": SNAPSHOT_FORMAT, "step": self.step,
+                "emas": {t.name: t.state_dict() for t in self.tracks if t.kind == "phema"}}
 
     def load_checkpoint_entries(self, saved: dict, source: str = "the checkpoint") -> None:
         super().load_checkpoint_entries(saved, source)
