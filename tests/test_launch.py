@@ -217,7 +217,7 @@ def test_multirun_through_the_local_devices_launcher(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     runs = sorted(p.name for p in sweep.iterdir() if (p / "checkpoints").is_dir())
-    assert runs == ["baseline-ema0.9999-seed0", "lift-ema0.9999-seed0"]
+    assert runs == ["baseline-ema0.99-seed0", "lift-ema0.99-seed0"]
     for r in runs:
         assert (sweep / r / "checkpoints" / "epoch_0001.pt").is_file()
     # both jobs started before either finished: they ran side by side on two CPU slots
@@ -293,3 +293,23 @@ def test_study_grid_names_one_run_per_model_decay_and_seed(tmp_path):
     with pytest.raises(ConfigError, match="model/nope"):
         bad = common + ["study.models=[nope]"]
         build_runs(compose("launch_study", bad), bad)
+
+
+@pytest.mark.slow
+def test_ema_length_study_trains_reconstructs_a_sweep_and_evaluates_it(tmp_path, capsys):
+    cfg, overrides = _study(tmp_path, "study=ema_length", "study.models=[baseline]",
+                            "study.posthoc.sigma_rel=[0.02,0.08,0.2]", "eval.epochs=[2]")
+    report, (run,) = run_study(cfg, overrides, poll_s=0.2)
+    assert run.state == "done", run.note
+    assert run.name == "baseline-phema0.05+0.1-ema0.99-seed0"
+    assert (tmp_path / "ema_length_smoke" / run.name).is_dir()
+    names = sorted(p.name for p in (run.dir / "phema" / "reconstructed").iterdir())
+    assert names == [f"epoch_{e:04d}_phema@{s}.pt" for e in (1, 2) for s in (0.02, 0.08, 0.2)]
+    rows = _rows(run.dir / "eval" / "fid.csv")
+    assert sorted(r["weights"] for r in rows) == sorted(
+        ["raw", "ema", "phema@0.05", "phema@0.1", "phema@0.02", "phema@0.08", "phema@0.2"])
+    by_name = {r["weights"]: r for r in rows}
+    assert float(by_name["phema@0.08"]["sigma_rel"]) == pytest.approx(0.08)
+    assert float(by_name["raw"]["sigma_rel"]) == 0 and float(by_name["ema"]["sigma_rel"]) > 0
+    assert "reconstructing post-hoc EMAs" in capsys.readouterr().out
+    assert report is not None and report.is_file()

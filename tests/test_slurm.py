@@ -47,7 +47,7 @@ def test_multirun_through_submitit_slurm(slurm_cluster, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "SLURM_CONF": str(slurm_cluster.conf)})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    for name in ("baseline-ema0.9999-seed0", "lift-ema0.9999-seed0"):
+    for name in ("baseline-ema0.99-seed0", "lift-ema0.99-seed0"):
         assert (sweep / name / "checkpoints" / "epoch_0001.pt").is_file()
     # the jobs ran under SLURM: submitit kept their sbatch scripts
     assert list((sweep / ".submitit").rglob("*_submission.sh"))
