@@ -8,7 +8,8 @@
 
 `train(cfg, run_dir)` is the recipe and what tests and launchers call; `main` is a thin Hydra
 wrapper. What it writes is the run folder of `explore.runfiles`; what trains is the `Training`
-of `explore.training`; where it is, `explore.runstate`.
+of `explore.training`; where it is, `explore.runstate`; what a user watches (loggers, sample
+grids), `explore.watch`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .training import (
     seed_everything,
     train_step,
 )
+from .watch import Watch
 
 log = logging.getLogger("explore.train")
 
@@ -82,7 +84,7 @@ def train(cfg: DictConfig, run_dir: str | Path, command: list[str] | None = None
             return run.path
         saver, images = Checkpointer(run, training, cfg), data.images.to(device)
         training.model.train()
-        with StepBoundary() as stop:
+        with StepBoundary() as stop, Watch(cfg, run, training, steps_per_epoch) as watch:
             for epoch in range(state.epoch + 1, epochs + 1):
                 row = train_epoch(training, images, cfg, epoch, state, saver, stop, command)
                 state.end_epoch(epoch, row)
@@ -93,6 +95,7 @@ def train(cfg: DictConfig, run_dir: str | Path, command: list[str] | None = None
                 if saver.snapshot_due(epoch):
                     saver.save_snapshot(state)
                 saver.save_resume(state)
+                watch.end_epoch(epoch, row, state.step)  # loggers; raw-vs-EMA sample grids
         log.info("done: %s", run.path)
     return run.path
 
