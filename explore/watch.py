@@ -79,7 +79,8 @@ class Watch:
         return self
 
     def __exit__(self, kind, value, tb) -> None:
-        self.loggers.close(failed=kind is not None)
+        # an error failed the run; a stop (Ctrl-C, SLURM's requeue) only pauses it
+        self.loggers.close(failed=kind is not None and issubclass(kind, Exception))
 
     def sample_due(self, epoch: int) -> bool:
         return self.every > 0 and (epoch % self.every == 0 or epoch == self.epochs)
@@ -181,7 +182,7 @@ def _panel(name: str, track, images: torch.Tensor, how: str, steps_per_epoch: in
     lag = float(track.window_steps) / max(steps_per_epoch, 1)
     title = (f"EMA {fmt_value(track.decay)}" if track.kind == "ema"
              else f"power EMA sigma_rel {fmt_value(track.sigma_rel)}")
-    lines = [title, f"EMA share {share:.2f}, lag {lag:.3g} epochs", how]
+    lines = [title, f"EMA share {share:.2f} (trained weights), lag {lag:.3g} epochs", how]
     warning = (f"mostly initial weights: {100 * (1 - share):.0f}% of it is the initialisation"
                if share < EMA_SHARE_LOW else "")
     return Panel(name, images, lines, warning, share)
