@@ -117,7 +117,13 @@ class MLflowLogger(Logger):
         from mlflow.tracking import MlflowClient
 
         run = RunFolder(run_dir)
-        self.uri, self.stage = _sqlite_absolute(str(tracking_uri)), stage
+        saved = (ids(run).get("mlflow") or {}).get("tracking_uri")
+        relative = str(tracking_uri).startswith("sqlite:///") and \
+            not str(tracking_uri).startswith("sqlite:////")
+        # a relative store is the one this run already logs into (evaluation and resumed
+        # training may start in another working folder), else resolved here
+        self.uri = saved if relative and saved else _sqlite_absolute(str(tracking_uri))
+        self.stage = stage
         with _store_lock(self.uri):
             self.client = _retry(MlflowClient, tracking_uri=self.uri)
             self._start(run, experiment, artifact_location)

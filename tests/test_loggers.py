@@ -82,16 +82,17 @@ def test_tensorboard_shows_training_and_evaluation(tiny_cfg, eval_cfg, tmp_path)
 
 
 def test_mlflow_runs_are_listed_with_their_metrics_and_resume_the_same_run(tiny_cfg, eval_cfg,
-                                                                         tmp_path):
+                                                                         tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = ["model=baseline", "ema.decay=0.9", "logger=mlflow",
-                 f"logger.mlflow.tracking_uri={uri}"]
+    monkeypatch.chdir(tmp_path)  # the default store: sqlite:///outputs/mlflow.db, from here
+    overrides = ["model=baseline", "ema.decay=0.9", "logger=mlflow"]
     run = train(tiny_cfg(*overrides), tmp_path / "outputs" / "demo" / "run")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # evaluation finds the run's store all the same
     evaluate(eval_cfg(f"run_dir={run}"))
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("demo")
     found = client.search_runs([exp.experiment_id])
     assert [r.info.run_name for r in found] == ["run"] and found[0].info.status == "FINISHED"
