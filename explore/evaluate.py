@@ -37,6 +37,7 @@ from .diffusion import CosineSchedule, schedule_of
 from .errors import ConfigError
 from .files import atomic_write
 from .lift_paths import cached_heatmap, lift_path, paths_for
+from .loggers import RunLoggers, run_loggers
 from .runfiles import (
     ResultsFile,
     RunFolder,
@@ -73,6 +74,7 @@ class EvalContext:
     results: ResultsFile
     trusted: bool
     progress: bool
+    logger: RunLoggers           # the run's own loggers (its config.yaml): rows at their epoch
 
     def identity(self) -> dict:
         i = self.info
@@ -220,7 +222,8 @@ def prepare(cfg: DictConfig) -> tuple[EvalContext, dict]:
                                                     len(real)),
         extractor=extractor, num_images=num_images,
         schedule=schedule_of(last.get("config"), log=log.warning),
-        results=ResultsFile(run.fid_csv), trusted=trusted, progress=bool(cfg.progress))
+        results=ResultsFile(run.fid_csv), trusted=trusted, progress=bool(cfg.progress),
+        logger=run_loggers(run.path))
     return ctx, last
 
 
@@ -228,7 +231,7 @@ def prepare(cfg: DictConfig) -> tuple[EvalContext, dict]:
 def evaluate(cfg: DictConfig) -> Path:
     """Evaluate every selected checkpoint; returns the path of fid.csv."""
     ctx, last = prepare(cfg)
-    with _log_to(ctx.run.eval_log):
+    with _log_to(ctx.run.eval_log), ctx.logger:
         log.info("evaluating %d checkpoint(s) of %s: %d images, %d DDIM steps (final step %s), "
                  "noise schedule %s, extractor %s", len(ctx.checkpoints), ctx.info.run,
                  ctx.num_images, ctx.e.num_steps, ctx.e.final_step, ctx.schedule.name,
@@ -299,6 +302,7 @@ def evaluate_weight_set(ctx: EvalContext, model: torch.nn.Module, epoch: int, ws
                                   if length and ctx.info.batch_size else ""),
                "seconds": round(time.perf_counter() - t0, 2)}
         ctx.results.add(row)
+        ctx.logger.log_eval(row)
         if e.grid:
             write_grid(images[:GRID_IMAGES], ctx.run.grid(epoch, ws.name, pname))
         log.info("epoch %d %-8s %-8s FID %.3f (%s, %d images)  %.1f s", epoch, ws.name, pname,

@@ -5,6 +5,7 @@ error heatmap of the weights being evaluated (cached per checkpoint, weight set 
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from .data import ImageSet
@@ -79,3 +80,32 @@ def cached_heatmap(model, schedule, data: ImageSet, hcfg, seed: int, run: RunFol
     drawn = {"diagonal": list(zip(on_grid, on_grid)), **grids}
     plot_heatmap(hm, drawn, npz.with_suffix(".png"), title=f"{run.name} {tag}")
     return hm, grids
+
+
+# the names `cached_heatmap` gives its files, with the tag explore.evaluate passes
+# (epoch_NNNN_<weights>): epoch_0004_ema_study_g10_k2_n4_s42.npz
+_CACHED_RE = re.compile(r"^epoch_(?P<epoch>\d+)_(?P<weights>[^_]+)_(?P<schedule>[^_]+)"
+                        r"_g\d+_k\d+_n\d+_s\d+\.npz$")
+
+
+def cached_dp_total(run: RunFolder, schedule_name: str, weights: str, epoch: int,
+                    num_steps: int, max_jump: int = 5) -> tuple[list, str] | None:
+    """The DP-Total path on the newest heatmap evaluation cached for this run at or before
+    `epoch` (these weights' own if there is one, else another weight set's), as
+    ((t_64, t_32) pairs, a description); None when there is none (sample along the diagonal).
+    Never computes a heatmap."""
+    found = []
+    for npz in run.heatmaps_dir.glob("epoch_*.npz") if run.heatmaps_dir.is_dir() else []:
+        m = _CACHED_RE.match(npz.name)
+        if m and m["schedule"] == schedule_name and int(m["epoch"]) <= epoch:
+            found.append((m["weights"] == weights, int(m["epoch"]), npz.name, m["weights"]))
+    for _, e, name, w in sorted(found, reverse=True):
+        try:
+            hm = Heatmap.load(run.heatmaps_dir / name)
+            grid, _ = optimal_path(hm.error_64, hm.error_32, hm.log_snr, num_steps, max_jump)
+        except (HeatmapFileError, ValueError) as err:
+            log.debug("cached heatmap %s unusable: %s", name, err)
+            continue
+        t64, t32 = path_to_timesteps(grid, hm.timesteps)
+        return list(zip(t64, t32)), f"DP-Total path (heatmap of epoch {e} {w})"
+    return None

@@ -10,6 +10,10 @@ No torch import: analysis/ uses it without loading torch.
       metrics.csv                      training, one row per epoch
       train.log                        the training log
       train.lock                       held (host, pid) while a training process writes here
+      samples/epoch_NNNN.png           raw and EMA samples during training (trainer.sample_every)
+      loggers.json                     ids of the MLflow / W&B runs this run logs into (logger=)
+      tensorboard/                     TensorBoard event files (logger=tensorboard)
+      wandb/                           W&B's run folders (logger=wandb)
       checkpoints/epoch_NNNN.pt        snapshots: what evaluation reads (explore.checkpoint)
       checkpoints/last.pt              the rolling resume state (optimizer, RNG, position)
       phema/snapshot_NNNNNNNNN.pt      power-function EMA snapshots (ema=posthoc)
@@ -52,6 +56,9 @@ EVAL_LOG = f"{EVAL_DIR}/evaluate.log"
 GRIDS_DIR = f"{EVAL_DIR}/grids"
 HEATMAPS_DIR = f"{EVAL_DIR}/heatmaps"
 LOGS_DIR = "logs"
+SAMPLES_DIR = "samples"
+LOGGERS_FILE = "loggers.json"
+TENSORBOARD_DIR = "tensorboard"
 
 # an EMA whose post-init share (1 - weight left on the initial weights) is below this is
 # "still mostly its initial weights": flagged in the log, fid.csv and the report (seed 004)
@@ -92,6 +99,9 @@ class RunFolder:
     grids_dir = property(lambda self: self.path / GRIDS_DIR)
     heatmaps_dir = property(lambda self: self.path / HEATMAPS_DIR)
     logs_dir = property(lambda self: self.path / LOGS_DIR)
+    samples_dir = property(lambda self: self.path / SAMPLES_DIR)
+    loggers_json = property(lambda self: self.path / LOGGERS_FILE)
+    tensorboard_dir = property(lambda self: self.path / TENSORBOARD_DIR)
 
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoint_dir / f"epoch_{epoch:04d}.pt"
@@ -107,7 +117,11 @@ class RunFolder:
 
     def written_folders(self) -> list[Path]:
         """The folders training writes to (where its stale temporaries can lie)."""
-        return [self.path, self.checkpoint_dir, self.phema_dir]
+        return [self.path, self.checkpoint_dir, self.phema_dir, self.samples_dir]
+
+    def samples(self, epoch: int) -> Path:
+        """The sample grid made during training after epoch `epoch`."""
+        return self.samples_dir / f"epoch_{epoch:04d}.png"
 
     def snapshot(self, step: int) -> Path:
         """A power-function EMA snapshot at optimizer step `step`."""

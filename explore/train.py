@@ -8,7 +8,8 @@
 
 `train(cfg, run_dir)` is the recipe and what tests and launchers call; `main` is a thin Hydra
 wrapper. What it writes is the run folder of `explore.runfiles`; what trains is the `Training`
-of `explore.training`; where it is, `explore.runstate`.
+of `explore.training`; where it is, `explore.runstate`; what a user watches (loggers, sample
+grids), `explore.watch`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .training import (
     seed_everything,
     train_step,
 )
+from .watch import Watch
 
 log = logging.getLogger("explore.train")
 
@@ -84,7 +86,7 @@ def train(cfg: DictConfig, run_dir: str | Path, command: list[str] | None = None
         saver, images = Checkpointer(run, training, cfg), data.images.to(device)
         heldout = HeldOutLoss.of(data, training)  # with held-out images: overfitting measured
         training.model.train()
-        with StepBoundary() as stop:
+        with StepBoundary() as stop, Watch(cfg, run, training, steps_per_epoch) as watch:
             for epoch in range(state.epoch + 1, epochs + 1):
                 row = train_epoch(training, images, cfg, epoch, state, saver, stop, command)
                 if heldout is not None:
@@ -97,6 +99,7 @@ def train(cfg: DictConfig, run_dir: str | Path, command: list[str] | None = None
                 if saver.snapshot_due(epoch):
                     saver.save_snapshot(state)
                 saver.save_resume(state)
+                watch.end_epoch(epoch, row, state.step)  # loggers; raw-vs-EMA sample grids
         log.info("done: %s", run.path)
     return run.path
 

@@ -55,6 +55,16 @@ def check_config(cfg: DictConfig) -> None:
                           f"model.image_size={cfg.model.image_size}")
     if str(cfg.resume).lower() not in ("true", "false"):
         raise ConfigError(f"resume={cfg.resume!r}: use true or false")
+    for key, low in (("sample_every", 0), ("sample_steps", 1), ("sample_images", 1)):
+        if key in t and int(t[key]) < low:
+            raise ConfigError(f"trainer.{key}={t[key]} must be >= {low}")
+    diffusion_steps = int(cfg.diffusion.get("num_steps", 1000)) if cfg.get("diffusion") else 1000
+    if int(t.get("sample_steps", 1)) >= diffusion_steps:
+        raise ConfigError(f"trainer.sample_steps={t.sample_steps} must be below the "
+                          f"{diffusion_steps} diffusion steps")
+    from .loggers import check_loggers
+
+    check_loggers(cfg.get("logger"))  # an optional package that is missing: the install command
 
 
 def ema_enabled(cfg: DictConfig) -> bool:

@@ -4,6 +4,7 @@
     python -m launch.study experiment=smoke device=cpu       # minutes on a CPU
     python -m launch.study study.devices=[0,1,2,3] study.seeds=[0,1,2] study.decays=[0.999,0.9999]
     python -m launch.study launcher=slurm launcher.partition=gpu launcher.timeout_min=2880
+    python -m launch.study logger=mlflow     # one MLflow experiment per study, a run per job
 
 The grid is model x decay x seed (conf/study/*.yaml). Every run lives in
 <study.out>/<study.name>/<model>-ema<decay>-seed<seed>/ with its own logs; re-running the same

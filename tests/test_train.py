@@ -72,6 +72,12 @@ def test_resume_is_bitwise_identical(tiny_cfg, tmp_path, model):
     assert a["ema_state"]["num_updates"] == b["ema_state"]["num_updates"] == 8
     losses = lambda run: [r["loss"] for r in read_csv(run / "metrics.csv")]  # noqa: E731
     assert losses(straight) == losses(resumed)
+    # a raw-vs-EMA sample grid after every epoch (the smoke preset) changed none of it, and
+    # shows the same pictures
+    from test_watch import panels_of
+
+    a, b = (panels_of(run / "samples" / "epoch_0002.png")[1] for run in (straight, resumed))
+    assert list(a) == ["raw", "ema"] and all((a[w] == b[w]).all() for w in a)
 
 
 def test_resume_of_finished_run_does_nothing(tiny_cfg, tmp_path):

@@ -3,9 +3,11 @@
 # a two-level UNet on 16x16 images: LIFT ~0.03M parameters
 TINY_MODEL = ["model.hidden_dims=[8,16]", "model.image_size=16", "model.attn_min_ch=16"]
 TINY_DIMS = dict(hidden_dims=[8, 16], image_size=16, attn_min_ch=16)  # the same, as arguments
-# a complete training config: 64 images, batch 16, 4 optimizer steps/epoch, 2 epochs
+# a complete training config: 64 images, batch 16, 4 optimizer steps/epoch, 2 epochs, with the
+# smoke preset's sample grid every epoch (4 DDIM steps)
 TINY_TRAIN = ["experiment=smoke", "device=cpu", *TINY_MODEL, "data.num_images=64",
-              "trainer.batch_size=16", "trainer.epochs=2", "trainer.progress=false"]
+              "trainer.batch_size=16", "trainer.epochs=2", "trainer.progress=false",
+              "trainer.sample_steps=4"]
 # an evaluation that still runs every stage (DP paths on a 4x4 heatmap, FID on 24 images)
 TINY_EVAL = ["device=cpu", "progress=false", "eval.num_images=24", "eval.num_steps=4",
              "eval.batch_size=12", "eval.heatmap.grid_size=4", "eval.heatmap.num_probes=1",
