@@ -6,7 +6,8 @@ TINY_DIMS = dict(hidden_dims=[8, 16], image_size=16, attn_min_ch=16)  # the same
 # a complete training config: 64 images, batch 16, 4 optimizer steps/epoch, 2 epochs
 TINY_TRAIN = ["experiment=smoke", "device=cpu", *TINY_MODEL, "data.num_images=64",
               "trainer.batch_size=16", "trainer.epochs=2", "trainer.progress=false"]
-# an evaluation that still runs every stage (DP paths on a 4x4 heatmap, FID on 24 images)
+# an evaluation that still runs every stage (DP paths on a 4x4 heatmap, FID and KID on 24
+# images); no bootstrap replicates unless a test asks for them (eval.bootstrap=N)
 TINY_EVAL = ["device=cpu", "progress=false", "eval.num_images=24", "eval.num_steps=4",
              "eval.batch_size=12", "eval.heatmap.grid_size=4", "eval.heatmap.num_probes=1",
-             "eval.heatmap.num_images=2", "eval.fid.extractor=randconv-256"]
+             "eval.heatmap.num_images=2", "eval.fid.extractor=randconv-256", "eval.bootstrap=0"]
