@@ -16,7 +16,7 @@ from explore import evaluate as ev
 from explore.config import compose
 from explore.data import subset
 from explore.errors import ConfigError
-from explore.runfiles import RunFolder, parse_replicates
+from explore.runfiles import ResultsFile, RunFolder, parse_replicates
 from explore.train import train
 
 
@@ -199,3 +199,26 @@ def test_the_study_forwards_eval_seeds_to_evaluation_jobs(tmp_path):
     cfg = compose("evaluate", eval_o + [f"run_dir={tmp_path}", "progress=false"])  # as eval_job
     assert ev.sample_seeds(cfg.eval) == [0, 1, 2]
     assert list(cfg.eval.metrics) == ["fid", "kid", "prc"]
+
+
+def test_rows_from_before_sampling_seeds_count_as_seed_42(lift_run, eval_cfg, monkeypatch):
+    """fid.csv rows written before sample_seed and subset_seed existed were made with
+    eval.seed 42, which also drew the real subset: they are the default seed's rows."""
+    base = [f"run_dir={lift_run}", "eval.epochs=[1]", "eval.weights=[ema]",
+            "eval.metrics=[fid]"]
+    out = ev.evaluate(eval_cfg(*base))
+    old_columns = ["run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step",
+                   "weights", "path", "num_steps", "num_images", "extractor", "schedule",
+                   "final_step", "fid", "ema_share", "ema_share_low", "lag_epochs", "seconds"]
+    with open(out) as f:
+        kept = [{k: r[k] for k in old_columns} for r in csv.DictReader(f)]
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns)
+        writer.writeheader()
+        writer.writerows(kept)
+    calls = []
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: calls.append(1))
+    ev.evaluate(eval_cfg(*base))
+    assert calls == []
+    assert {(r["sample_seed"], r["subset_seed"]) for r in ResultsFile(out).rows} == {
+        ("42", "42")}

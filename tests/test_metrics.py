@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_fid import add_noise, draw_shapes
+from test_fid import add_noise, draw_shapes, empty_torch_home  # noqa: F401 (a fixture)
 
 from explore import metrics as M
 from explore.extractors import RANDCONV_NAME
@@ -166,3 +166,24 @@ def test_kept_features_round_trip_as_float16(tmp_path, caplog):
     assert M.load_features(path, {**key, "sample_seed": 1}) is None
     assert "another row" in caplog.text
     assert M.load_features(tmp_path / "none.npz", key) is None
+
+
+def test_one_feature_layer_serves_every_metric_of_every_extractor():
+    """Inception and randconv-256 name the same layer for FID, KID and PRC: one extraction per
+    row serves all three (torch-fidelity's PRC defaults to a VGG-16 only without an extractor)."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    from explore.fid import EXTRACTORS
+
+    for name in EXTRACTORS:
+        cls = FEATURE_EXTRACTORS_REGISTRY[name]
+        assert {cls.get_default_feature_layer_for_metric(m) for m in ("fid", "kid", "prc")} == {
+            cls.get_default_feature_layer_for_metric("fid")}
+
+
+@pytest.mark.usefixtures("empty_torch_home")
+def test_missing_inception_weights_stop_evaluation_before_sampling():
+    from explore.fid import INCEPTION_NAME, FidWeightsMissing
+
+    with pytest.raises(FidWeightsMissing, match="eval.fid.weights_path="):
+        M.FeatureExtractor(INCEPTION_NAME)
