@@ -29,6 +29,7 @@ from .tables import (
     SIGNIFICANT_MARK,
     SeriesResult,
     epoch_table,
+    fmt_gain,
     results_table,
     summarize,
     to_markdown,
@@ -185,12 +186,11 @@ def _runs_table(runs: pd.DataFrame) -> list[str]:
 def _gain_text(gain: Interval | None) -> str:
     if gain is None:
         return "not measured for both"
-    text = f"{gain.estimate:+.2f}"
     if not gain.has_interval:
-        return text + " (no interval: one seed and no bootstrap replicates)"
+        return fmt_gain(gain) + " (no interval: one seed and no bootstrap replicates)"
     verdict = ("significant, EMA better" if gain.significant and gain.estimate < 0 else
                "significant, EMA worse" if gain.significant else "not significant")
-    return f"{text} [{gain.lo:+.2f}, {gain.hi:+.2f}] ({gain.method}): {verdict}"
+    return f"{fmt_gain(gain).rstrip(' ' + SIGNIFICANT_MARK)} ({gain.method}): {verdict}"
 
 
 def _significance(series: str, variant: str, r: SeriesResult) -> str:

@@ -140,10 +140,18 @@ def fmt_fid(mean: float, std: float, n: int, count: str = "", decimals: int = 2)
     return f"{mean:.{decimals}f}"
 
 
+def spread_decimals(std: float) -> int:
+    """2 decimals, more (up to 4) for a std below 0.05, so that it does not read 0.00."""
+    if pd.isna(std) or std <= 0 or std >= 0.05:
+        return 2
+    return max(2, min(4, 1 - math.floor(math.log10(std))))
+
+
 def _cell(row: pd.Series | None, with_epoch: bool = False) -> str:
     if row is None:
         return NOT_AVAILABLE
-    text = fmt_fid(row["mean"], row["std"], row["n"], fmt_count(row))
+    text = fmt_fid(row["mean"], row["std"], row["n"], fmt_count(row),
+                   decimals=spread_decimals(row["std"]) if row["n"] > 1 else 2)
     text += f" @ {row.name}ep" if with_epoch else ""
     return text + (f" {LOW_MARK}" if row["share_low"] else "")
 
@@ -163,13 +171,23 @@ def paired(raw: pd.Series | None, ema: pd.Series | None) -> Interval | None:
     return paired_interval(diffs, boots)
 
 
+def gain_decimals(gain: Interval) -> int:
+    """2 decimals, more (up to 4) when the interval is narrower than 0.1, so that its two ends
+    differ on the page (smoke-size FIDs are below 1)."""
+    width = gain.hi - gain.lo if gain.has_interval else 0.0
+    if width <= 1e-9 * max(1.0, abs(gain.estimate)):  # no width but float rounding
+        return 2
+    return max(2, min(4, 1 - math.floor(math.log10(width))))
+
+
 def fmt_gain(gain: Interval | None) -> str:
     """"-5.17 [-5.40, -4.94] *" (star: the interval excludes 0); "+1.20" without interval."""
     if gain is None:
         return NOT_AVAILABLE
-    text = f"{gain.estimate:+.2f}"
+    d = gain_decimals(gain)
+    text = f"{gain.estimate:+.{d}f}"
     if gain.has_interval:
-        text += f" [{gain.lo:+.2f}, {gain.hi:+.2f}]"
+        text += f" [{gain.lo:+.{d}f}, {gain.hi:+.{d}f}]"
         text += f" {SIGNIFICANT_MARK}" if gain.significant else ""
     return text
 

@@ -162,3 +162,18 @@ def test_missing_sampling_seeds_are_listed(tmp_path):
     text = make_report(study_dir=tmp_path / "s", formats=("png",)).read_text()
     assert "- Baseline raw: epoch 400 averaged without sampling seed(s) 2" in text
     assert "- Baseline EMA 0.9999: epoch 400 averaged without sampling seed(s) 2" in text
+
+
+def test_small_fids_keep_enough_decimals():
+    """Smoke-size FIDs are below 1: a narrow interval or a small std gets up to 4 decimals
+    instead of reading "+0.13 [+0.13, +0.13]" or "± 0.00"."""
+    from analysis.stats import Interval
+    from analysis.tables import fmt_gain, spread_decimals
+
+    assert fmt_gain(Interval(0.129, 0.1261, 0.132, "t", 3)) == "+0.1290 [+0.1261, +0.1320] *"
+    assert fmt_gain(Interval(0.584, 0.576, 0.592, "t", 3)) == "+0.584 [+0.576, +0.592] *"
+    assert fmt_gain(Interval(-5.17, -5.17 - 1e-15, -5.17 + 1e-15, "t", 3)) == (
+        "-5.17 [-5.17, -5.17] *")
+    assert fmt_gain(Interval(0.2, -0.46, 0.86, "t", 3)) == "+0.20 [-0.46, +0.86]"
+    assert [spread_decimals(s) for s in (0.0052, 0.011, 0.07, 0.5, float("nan"))] == [
+        4, 3, 2, 2, 2]
