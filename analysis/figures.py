@@ -85,11 +85,23 @@ def _fid_legend(series: Sequence[str], summary: pd.DataFrame) -> list:
                 Line2D([], [], color="grey", marker="*", ms=9, ls="", mec="black",
                        label="best epoch")]
     if (summary["n"] > 1).any():
-        handles.append(Patch(color="grey", alpha=0.3, label="± std over seeds"))
+        handles.append(Patch(color="grey", alpha=0.3, label=f"± std over {_seed_words(summary)}"))
     if summary["share_low"].any():
         handles.append(Line2D([], [], color="grey", marker="o", mfc="white", ls="",
                               label="EMA mostly initial weights"))
     return handles
+
+
+def _seed_words(summary: pd.DataFrame) -> str:
+    """"3 sampling seeds", "3 training seeds (x 5 sampling)", "2-3 sampling seeds"."""
+    several = summary[summary["n"] > 1]
+    over = "training" if (several["std_over"] == "training seeds").any() else "sampling"
+    counts = several["seeds"].map(len) if over == "training" else several["n"]
+    lo, hi = int(counts.min()), int(counts.max())
+    text = f"{lo} {over} seeds" if lo == hi else f"{lo}-{hi} {over} seeds"
+    if over == "training" and (several["sample_seeds"].map(len) > 1).any():
+        text += f" (x {int(several['sample_seeds'].map(len).max())} sampling)"
+    return text
 
 
 @_paper
@@ -118,6 +130,43 @@ def fid_figure(summary: pd.DataFrame, title: str) -> Figure:
     fig.suptitle(textwrap.fill(title, 70 if ncols > 1 else 45))
     fig.legend(handles=_fid_legend(series, summary), loc="outside lower center",
                ncol=2 if ncols == 1 else 4, frameon=False)
+    return fig
+
+
+@_paper
+def prc_figure(summary: pd.DataFrame, title: str) -> Figure | None:
+    """Precision (left) and recall (right) vs epoch: every series' raw curve solid, each
+    averaged weight set dashed (then dotted, dash-dotted), ± std over seeds as a band. Longer
+    averages are reported to trade recall (diversity) for precision (fidelity). None when no
+    row has precision and recall."""
+    if "precision_mean" not in summary or summary["precision_mean"].isna().all():
+        return None
+    fig = Figure(figsize=(TWO_COLUMN, 2.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    series = list(summary["series"].drop_duplicates())
+    weight_sets = ["raw"] + variants(summary)
+    styles = {v: STYLES[i % len(STYLES)] for i, v in enumerate(weight_sets)}
+    for ax, metric in zip(axes, ("precision", "recall"), strict=True):
+        for name in series:
+            for variant in weight_sets:
+                rows = summary[(summary["series"] == name) & (summary["variant"] == variant)]
+                rows = rows.dropna(subset=[f"{metric}_mean"])
+                if rows.empty:
+                    continue
+                _band(ax, rows["epoch"], rows[f"{metric}_mean"], rows[f"{metric}_std"],
+                      series_colour(name), styles[variant])
+                ax.scatter(rows["epoch"], rows[f"{metric}_mean"], s=8,
+                           color=series_colour(name), zorder=3)
+        ax.set_title(f"{metric} (higher is better)")
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("share of images")
+    handles = [Line2D([], [], color=series_colour(s), label=s) for s in series]
+    handles += [Line2D([], [], color="black", ls=styles[v],
+                       label="raw weights" if v == "raw" else v) for v in weight_sets]
+    if (summary["precision_n"] > 1).any():
+        handles.append(Patch(color="grey", alpha=0.3, label="± std over seeds"))
+    fig.suptitle(textwrap.fill(title, 70))
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
     return fig
 
 

@@ -8,14 +8,17 @@ by their ``run.json``):
 - ``metrics.csv``: training, one row per epoch (loss, loss_64/loss_32 for LIFT, ``ema_*``
   diagnostics, ``ema_*@<decay>`` for extra tracked decays).
 - ``eval/fid.csv`` (`FID_COLUMNS`): one row per measurement; weights ``raw``, ``ema`` (the run's
-  primary decay), ``ema@<decay>``, ``phema@<sigma_rel>`` (`parse_weights`).
+  primary decay), ``ema@<decay>``, ``phema@<sigma_rel>`` (`parse_weights`); ``sample_seed`` the
+  sampling seed (rows from before it read 42, `LEGACY_VALUES`); metric columns fid, kid,
+  kid_std, precision, recall (empty where not measured); ``fid_boot`` bootstrap replicates.
 
 Every eval row gets derived columns: ``series`` ("Baseline", "LIFT DP-Total", ...), ``kind``
 (raw / ema / phema), ``decay`` (the decay of that weight set; NaN for raw and phema),
 ``weights_id`` (a canonical weight-set name, equal for ``ema`` and ``ema@d`` of the same d),
 ``variant`` (the label used in tables: "raw", "EMA 0.9999", "post-hoc EMA σrel 0.1") and
 ``protocol`` (dataset, image size, number of images, sampling steps, extractor, noise schedule,
-final DDIM step).
+final DDIM step, real subset seed). ``num_real`` (real images compared with) is filled from
+run.json's training set size where a row predates it.
 """
 
 from __future__ import annotations
@@ -54,8 +57,11 @@ MODEL_NAMES = {"baseline": "Baseline", "lift": "LIFT"}
 
 # FID numbers made under different values of these are never compared (STUDY.md, FID protocol).
 PROTOCOL_KEYS = PROTOCOL_COLUMNS
-# Two eval rows with equal values here measured the same network with the same weight set.
-NETWORK_KEYS = ["model", "seed", "protocol", "epoch", "path", "weights_id"]
+# Two eval rows with equal values here measured the same network with the same weight set
+# (and the same sampling seed).
+NETWORK_KEYS = ["model", "seed", "protocol", "epoch", "path", "weights_id", "sample_seed"]
+# metric columns averaged over repeats, and over seeds in the report
+METRIC_VALUES = ["fid", "kid", "kid_std", "precision", "recall"]
 RUN_KEYS = ["run", "model", "seed", "ema_decay", "dataset", "image_size"]
 # Run-level columns of the metrics frame that start with "ema_" but are not diagnostics.
 _NOT_EMA_DIAGNOSTICS = {"ema_decay", "ema_decays"}
@@ -95,7 +101,7 @@ def series_rank(label: str) -> tuple[int, str]:
 
 def protocol_label(row: pd.Series) -> str:
     """Human-readable protocol, e.g. "afhqv2 64px · 15803 images · 18 steps · inception-v3 ·
-    study schedule, final step study"."""
+    study schedule, final step study · real subset seed 42"."""
 
     def text(key: str) -> str:
         value = row[key]
@@ -106,7 +112,7 @@ def protocol_label(row: pd.Series) -> str:
     return (
         f"{text('dataset')} {text('image_size')}px · {text('num_images')} images · "
         f"{text('num_steps')} steps · {text('extractor')} · {text('schedule')} schedule, "
-        f"final step {text('final_step')}"
+        f"final step {text('final_step')} · real subset seed {text('subset_seed')}"
     )
 
 
@@ -143,12 +149,17 @@ def _read_fid(run_dir: Path, info: dict) -> pd.DataFrame | None:
         if column not in fid:
             fid[column] = math.nan
     for column, value in LEGACY_VALUES.items():  # rows from before the column existed
-        fid[column] = fid[column].fillna(value)
+        fid[column] = fid[column].astype(object).where(fid[column].notna(), value)
     # The folder says whose rows these are; run.json is the authority on identity.
     for key in RUN_KEYS + ["group"]:
         fid[key] = info[key]
-    for column in ["epoch", "step", "num_steps", "num_images", "fid", "ema_share", "seconds"]:
+    for column in ["epoch", "step", "num_steps", "num_images", "num_real", "sample_seed",
+                   "subset_seed", "ema_share", "lag_epochs", "seconds", "boot_seed",
+                   *METRIC_VALUES]:
         fid[column] = pd.to_numeric(fid[column], errors="coerce")
+    if info.get("num_images") is not None:  # rows from before num_real: min(N, training set)
+        fid["num_real"] = fid["num_real"].fillna(fid["num_images"].clip(
+            upper=info["num_images"]))
     fid["path"] = fid["path"].fillna("").astype(str)
     # A missing flag is derived from the share (the contract's threshold: half initial weights).
     low = _as_bool(fid["ema_share_low"])
@@ -230,12 +241,20 @@ def dedupe_networks(fid: pd.DataFrame) -> pd.DataFrame:
     """
     columns = NETWORK_KEYS + PROTOCOL_KEYS + ["series", "kind", "decay", "variant"]
     fid = fid.dropna(subset=["fid"])
+    for column in ("fid_boot", "boot_seed", "num_real", "lag_epochs", *METRIC_VALUES):
+        if column not in fid:
+            fid = fid.assign(**{column: math.nan})
     grouped = fid.groupby(columns, dropna=False, sort=False)
     merged = grouped.agg(
         fid=("fid", "mean"),
         fid_spread=("fid", lambda s: s.max() - s.min()),
+        **{m: (m, "mean") for m in METRIC_VALUES if m != "fid"},
         ema_share=("ema_share", "mean"),
         ema_share_low=("ema_share_low", "any"),
+        lag_epochs=("lag_epochs", "mean"),
+        num_real=("num_real", "first"),
+        boot_seed=("boot_seed", "first"),
+        fid_boot=("fid_boot", "first"),
         run=("run", "first"),
         runs=("run", lambda s: ", ".join(sorted(set(s)))),
         repeats=("fid", "size"),

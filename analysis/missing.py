@@ -2,8 +2,9 @@
 
 Checked: runs not evaluated (or only partly), runs without training metrics, eval rows
 without a FID, series without EMA rows, epochs evaluated for one model and not the other,
-weight sets evaluated at fewer epochs or seeds than their series, and EMA rows whose EMA
-was still mostly its initial weights (their FID says little about training; seed 004).
+weight sets evaluated at fewer epochs or (training or sampling) seeds than their series, and
+EMA rows whose EMA was still mostly its initial weights (their FID says little about training;
+seed 004).
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ def _weight_set_messages(part: pd.DataFrame) -> list[str]:
             for lacking, epochs in gaps.items():
                 messages.append(f"{name}: {_epochs(epochs)} averaged without seed(s) "
                                 f"{', '.join(map(str, lacking))}")
+            if "sample_seeds" in sub:
+                all_samples = set().union(*map(set, sub["sample_seeds"]))
+                gaps = {}
+                for epoch, seeds in zip(sub["epoch"], sub["sample_seeds"], strict=True):
+                    if set(seeds) != all_samples:
+                        gaps.setdefault(tuple(sorted(all_samples - set(seeds))), []).append(epoch)
+                for lacking, epochs in gaps.items():
+                    messages.append(f"{name}: {_epochs(epochs)} averaged without sampling "
+                                    f"seed(s) {', '.join(map(str, lacking))}")
             low = sub[sub["share_low"]]
             if not low.empty:
                 share = low["share_min"].min()

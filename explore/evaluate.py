@@ -6,12 +6,20 @@
     python -m explore.evaluate checkpoint=old_runs/lift_ema_400ep.pth model=lift \
         data=folder data.root=/data/afhq
 
-For each (checkpoint, weight set, sampling path): sample `eval.num_images` images with DDIM
-(Baseline: `ddim`; LIFT: `diagonal`, `dp_64`, `dp_total`, the DP paths from that checkpoint's and
-weight set's error heatmap), compute FID against as many training images, append a row to
-`<run>/eval/fid.csv` and write a 9x9 sample grid. Rows already there are skipped unless
-eval.force=true, so an interrupted evaluation resumes where it stopped. Sampling uses the noise
-schedule the run was trained with (`explore.diffusion.schedule_of`).
+For each (checkpoint, weight set, sampling path, sampling seed of `eval.seeds`): sample
+`eval.num_images` images with DDIM (Baseline: `ddim`; LIFT: `diagonal`, `dp_64`, `dp_total`, the
+DP paths from that checkpoint's and weight set's error heatmap), extract their features once and
+compute every metric of `eval.metrics` from them (FID, KID, precision/recall: explore.metrics)
+against as many training images, append a row to `<run>/eval/fid.csv` and write a 9x9 sample
+grid. Rows already there are skipped unless eval.force=true, so an interrupted evaluation resumes
+where it stopped, and more seeds or metrics later add only what is missing (a row lacking a
+metric is completed from its kept features, `eval.keep_features=true`, else sampled again).
+Sampling uses the noise schedule the run was trained with (`explore.diffusion.schedule_of`).
+
+Pairing: for a sampling seed, every weight set of a checkpoint starts from the same initial noise
+(`explore.sampling.initial_noise`), so raw and EMA rows differ only by their weights. The real
+subset and the heatmap's images and probes use `eval.subset_seed`, never the sampling seed. With
+one sampling seed, `eval.bootstrap` replicate FIDs per row (explore.metrics.FidBootstrap).
 
 `evaluate(cfg)` is the plain function tests and launchers call; `main` is the Hydra wrapper.
 """
@@ -30,11 +38,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
 from . import fid as fidlib
+from . import metrics as metriclib
 from .config import build
 from .data import ImageSet, grid_image, subset
 from .devices import resolve_device
 from .diffusion import CosineSchedule, schedule_of
 from .errors import ConfigError
+from .eval_rows import (
+    check_metric_options,
+    describe_values,
+    measure_row,
+    missing_parts,
+    sample_seeds,
+)
 from .files import atomic_write
 from .lift_paths import cached_heatmap, lift_path, paths_for
 from .loggers import RunLoggers, run_loggers
@@ -75,18 +91,29 @@ class EvalContext:
     trusted: bool
     progress: bool
     logger: RunLoggers           # the run's own loggers (its config.yaml): rows at their epoch
+    seeds: list[int]             # sampling seeds (eval.seeds)
+    subset_seed: int             # the real subset and the heatmap (never the sampling seed)
+    metrics: list[str]           # eval.metrics
+    bootstrap: int               # replicate FIDs per row (0: none; always 0 with several seeds)
+    features: metriclib.FeatureExtractor   # built once, used by every row
+    real_set: metriclib.RealSet  # the real images' features and statistics, computed once
+    boot: metriclib.FidBootstrap | None = None  # made on first use (sqrt of the real covariance)
 
     def identity(self) -> dict:
         i = self.info
         return {"run": i.run, "model": i.model, "seed": i.seed, "ema_decay": i.ema_decay or "",
                 "dataset": i.dataset, "image_size": i.image_size}
 
-    def key(self, epoch: int, weights: str, path: str) -> dict:
+    def key(self, epoch: int, weights: str, path: str, seed: int) -> dict:
         """The columns that identify one measurement (runfiles.FID_KEY)."""
-        return {"epoch": epoch, "weights": weights, "path": path,
+        return {"epoch": epoch, "weights": weights, "path": path, "sample_seed": int(seed),
                 "num_steps": int(self.e.num_steps), "num_images": self.num_images,
                 "extractor": self.extractor, "schedule": self.schedule.name,
-                "final_step": str(self.e.final_step)}
+                "final_step": str(self.e.final_step), "subset_seed": self.subset_seed}
+
+    def missing(self, row: dict | None) -> list[str]:
+        """What an existing row lacks of this evaluation (["row"]: there is none)."""
+        return missing_parts(row, self.metrics, self.bootstrap, int(self.e.bootstrap_seed))
 
 
 # -- what to evaluate ---------------------------------------------------------------------------
@@ -181,6 +208,7 @@ def checkpoint_info(run: RunFolder, state: dict, data: ImageSet, epoch: int) -> 
 def check_eval_config(e: DictConfig) -> None:
     if e.num_images is not None and int(e.num_images) < 2:
         raise ConfigError(f"eval.num_images={e.num_images} must be at least 2")
+    check_metric_options(e)
     if int(e.num_steps) < 1:
         raise ConfigError(f"eval.num_steps={e.num_steps} must be >= 1")
     if int(e.batch_size) < 1:
@@ -211,18 +239,30 @@ def prepare(cfg: DictConfig) -> tuple[EvalContext, dict]:
     if num_images > len(data):
         log.warning("eval.num_images=%d > %d training images: FID compares %d generated "
                     "with all %d real images", num_images, len(data), num_images, len(data))
-    real = subset(data.images, num_images, int(e.seed))
+    subset_seed = int(e.subset_seed)
+    real = subset(data.images, num_images, subset_seed)
+    seeds = sample_seeds(e)
+    bootstrap = int(e.bootstrap)
+    if bootstrap and len(seeds) > 1:
+        log.info("eval.bootstrap=%d skipped: %d sampling seeds give the report a t-interval "
+                 "over seeds", bootstrap, len(seeds))
+        bootstrap = 0
+    features = metriclib.FeatureExtractor(extractor, weights_path=e.fid.weights_path,
+                                          device=str(device), batch_size=int(e.fid.batch_size))
+    real_name = fidlib.real_stats_name(data.name, data.image_size, extractor, len(real))
     info = read_run_info(run.path)
     if info is None:  # a lone checkpoint: its output folder becomes a run for the analysis
         info = checkpoint_info(run, last, data, max(ep for ep, _ in checkpoints))
         write_run_info(run.path, info)
     ctx = EvalContext(
         e=e, cfg=cfg, device=device, run=run, checkpoints=checkpoints, info=info, data=data,
-        real=real, real_name=fidlib.real_stats_name(data.name, data.image_size, extractor,
-                                                    len(real)),
-        extractor=extractor, num_images=num_images,
+        real=real, real_name=real_name, extractor=extractor, num_images=num_images,
         schedule=schedule_of(last.get("config"), log=log.warning),
         results=ResultsFile(run.fid_csv), trusted=trusted, progress=bool(cfg.progress),
+        seeds=seeds, subset_seed=subset_seed, metrics=metriclib.check_metrics(list(e.metrics)),
+        bootstrap=bootstrap, features=features,
+        real_set=metriclib.RealSet(features, real, real_name, e.fid.cache_root,
+                                   progress=bool(cfg.progress)),
         logger=run_loggers(run.path))
     return ctx, last
 
@@ -232,10 +272,12 @@ def evaluate(cfg: DictConfig) -> Path:
     """Evaluate every selected checkpoint; returns the path of fid.csv."""
     ctx, last = prepare(cfg)
     with _log_to(ctx.run.eval_log), ctx.logger:
-        log.info("evaluating %d checkpoint(s) of %s: %d images, %d DDIM steps (final step %s), "
-                 "noise schedule %s, extractor %s", len(ctx.checkpoints), ctx.info.run,
-                 ctx.num_images, ctx.e.num_steps, ctx.e.final_step, ctx.schedule.name,
-                 ctx.extractor)
+        log.info("evaluating %d checkpoint(s) of %s: %d images per sampling seed %s vs %d "
+                 "real (subset seed %d), %d DDIM steps (final step %s), noise schedule %s, "
+                 "extractor %s, metrics %s%s", len(ctx.checkpoints), ctx.info.run,
+                 ctx.num_images, ctx.seeds, len(ctx.real), ctx.subset_seed, ctx.e.num_steps,
+                 ctx.e.final_step, ctx.schedule.name, ctx.extractor, ctx.metrics,
+                 f", {ctx.bootstrap} bootstrap replicates" if ctx.bootstrap else "")
         for epoch, path in ctx.checkpoints:
             state = last if path == ctx.checkpoints[-1][1] else ckpt.load_checkpoint(
                 path, trusted=ctx.trusted)
@@ -251,8 +293,9 @@ def evaluate_checkpoint(ctx: EvalContext, epoch: int, path: Path, state: dict) -
     sets = weight_sets(state, ctx.info.steps_per_epoch)
     sets.update(reconstructed_sets(ctx.run.path, epoch, have=sets))
     for ws in select(sets, ctx.e.weights, str(path)):
-        todo = [p for p in paths_for(model.kind, ctx.e.paths)
-                if ctx.e.force or not ctx.results.has(fid_row_key(ctx.key(epoch, ws.name, p)))]
+        todo = [(p, seed) for p in paths_for(model.kind, ctx.e.paths) for seed in ctx.seeds
+                if ctx.e.force or ctx.missing(ctx.results.get(fid_row_key(
+                    ctx.key(epoch, ws.name, p, seed))))]
         if not todo:
             log.info("epoch %d %s: already evaluated (eval.force=true to redo)", epoch, ws.name)
             continue
@@ -261,8 +304,9 @@ def evaluate_checkpoint(ctx: EvalContext, epoch: int, path: Path, state: dict) -
 
 
 def evaluate_weight_set(ctx: EvalContext, model: torch.nn.Module, epoch: int, ws: WeightSet,
-                        todo: list[str], step: int | None) -> None:
-    """FID of the weights loaded in `model` along each sampling path of `todo`: one row each."""
+                        todo: list[tuple[str, int]], step: int | None) -> None:
+    """Metrics of the weights loaded in `model` for each (sampling path, sampling seed) of
+    `todo`: one row each."""
     e, spe = ctx.e, ctx.info.steps_per_epoch
     share = ws.share
     low = share is not None and share < float(e.ema_share_threshold)
@@ -280,20 +324,29 @@ def evaluate_weight_set(ctx: EvalContext, model: torch.nn.Module, epoch: int, ws
     heatmap, grids = None, {}
     step = step if step is not None else (epoch * spe if spe and epoch >= 0 else None)
     length = ws.length(step)  # sigma_rel and half-life on one axis for every weight set
-    for pname in todo:
+    for pname, seed in todo:
         t0 = time.perf_counter()
-        if pname in ("dp_64", "dp_total") and heatmap is None:
-            heatmap, grids = cached_heatmap(model, ctx.schedule, ctx.data, e.heatmap, int(e.seed),
-                                            ctx.run, f"epoch_{epoch:04d}_{ws.name}",
-                                            int(e.num_steps), ctx.progress)
-        images = generate(ctx, model, pname, heatmap, grids)
-        fid = fidlib.compute_fid(images, ctx.real, extractor=ctx.extractor,
-                                 weights_path=e.fid.weights_path, real_cache_name=ctx.real_name,
-                                 cache_root=e.fid.cache_root, device=str(ctx.device),
-                                 batch_size=int(e.fid.batch_size), progress=ctx.progress)
-        row = {**ctx.identity(), **ctx.key(epoch, ws.name, pname),
+        key = ctx.key(epoch, ws.name, pname, seed)
+        prior = old = None if e.force else ctx.results.get(fid_row_key(key))
+        # a row lacking only a metric is completed from its kept features, without sampling
+        feats = metriclib.load_features(ctx.run.features(key), key) if old else None
+        images = None
+        if feats is None:
+            if pname in ("dp_64", "dp_total") and heatmap is None:
+                # the subset seed, not the sampling seed: one path per weight set, every seed
+                heatmap, grids = cached_heatmap(model, ctx.schedule, ctx.data, e.heatmap,
+                                                ctx.subset_seed, ctx.run,
+                                                f"epoch_{epoch:04d}_{ws.name}",
+                                                int(e.num_steps), ctx.progress)
+            images = generate(ctx, model, pname, heatmap, grids, seed)
+            feats = ctx.features(images, progress=ctx.progress, desc="features")
+            if e.keep_features:
+                metriclib.save_features(ctx.run.features(key), feats, key)
+            old = None  # sampled afresh: every metric of eval.metrics is recomputed
+        values = measure_row(ctx, feats, seed, old)
+        row = {**(prior or {}), **ctx.identity(), **key,  # other metrics of the row are kept
                "step": step if step is not None else "",
-               "fid": round(fid, 4),
+               "num_real": len(ctx.real), **values,
                "ema_share": round(share, 4) if share is not None else "",
                "ema_share_low": low if ws.is_ema else "",
                "lag_epochs": round(lag, 3) if lag else "",
@@ -303,15 +356,18 @@ def evaluate_weight_set(ctx: EvalContext, model: torch.nn.Module, epoch: int, ws
                "seconds": round(time.perf_counter() - t0, 2)}
         ctx.results.add(row)
         ctx.logger.log_eval(row)
-        if e.grid:
-            write_grid(images[:GRID_IMAGES], ctx.run.grid(epoch, ws.name, pname))
-        log.info("epoch %d %-8s %-8s FID %.3f (%s, %d images)  %.1f s", epoch, ws.name, pname,
-                 fid, ctx.extractor, ctx.num_images, row["seconds"])
+        if e.grid and images is not None:
+            write_grid(images[:GRID_IMAGES], ctx.run.grid(epoch, ws.name, pname, seed))
+        log.info("epoch %d %-8s %-8s seed %d %s (%s, %d images)%s  %.1f s", epoch, ws.name,
+                 pname, seed, describe_values(row), ctx.extractor, ctx.num_images,
+                 "" if images is not None else " from kept features", row["seconds"])
 
 
-def generate(ctx: EvalContext, model, pname: str, heatmap, grids) -> torch.Tensor:
+def generate(ctx: EvalContext, model, pname: str, heatmap, grids, seed: int) -> torch.Tensor:
+    """`eval.num_images` images of the weights in `model` from sampling seed `seed`: the same
+    initial noise (and DDIM, eta 0, is deterministic) for every weight set."""
     e = ctx.e
-    common = dict(seed=int(e.seed), batch_size=int(e.batch_size), device=ctx.device,
+    common = dict(seed=int(seed), batch_size=int(e.batch_size), device=ctx.device,
                   progress=ctx.progress, final_step=str(e.final_step))
     if model.kind == "baseline":
         return sample_baseline(model, ctx.schedule, ctx.num_images, num_steps=int(e.num_steps),
@@ -360,6 +416,8 @@ def with_run_eval_defaults(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         return cfg
     if not run_eval:
         return cfg
+    if "seed" in run_eval:  # older presets' eval.seed: the sampling seed is eval.seeds now
+        run_eval = OmegaConf.create({k: v for k, v in run_eval.items() if k != "seed"})
     user = OmegaConf.from_dotlist([o for o in overrides if o.startswith("eval.")])
     merged = OmegaConf.merge(cfg.eval, run_eval, user.get("eval") or {})
     log.info("eval settings of the run's preset (%s): %s", saved,

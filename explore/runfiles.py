@@ -20,7 +20,9 @@ No torch import: analysis/ uses it without loading torch.
       phema/reconstructed/epoch_NNNN_<weights>.pt   post-hoc EMAs (explore.posthoc)
       eval/fid.csv                     one row per measurement (`FID_COLUMNS`, keyed by `FID_KEY`)
       eval/evaluate.log                the evaluation log
-      eval/grids/epoch_NNNN_<weights>_<path>.png    sample grids
+      eval/grids/epoch_NNNN_<weights>_<path>_s<seed>.png   sample grids (per sampling seed)
+      eval/features/epoch_NNNN_<weights>_<path>_s<seed>_<hash>.npz   generated images' features,
+                                       float16 (eval.keep_features=true)
       eval/heatmaps/<name>.npz|png     error heatmaps and their DP paths
       logs/                            submitit's job files (launch.study)
 
@@ -54,6 +56,7 @@ EVAL_DIR = "eval"
 FID_FILE = f"{EVAL_DIR}/fid.csv"
 EVAL_LOG = f"{EVAL_DIR}/evaluate.log"
 GRIDS_DIR = f"{EVAL_DIR}/grids"
+FEATURES_DIR = f"{EVAL_DIR}/features"
 HEATMAPS_DIR = f"{EVAL_DIR}/heatmaps"
 LOGS_DIR = "logs"
 SAMPLES_DIR = "samples"
@@ -97,6 +100,7 @@ class RunFolder:
     fid_csv = property(lambda self: self.path / FID_FILE)
     eval_log = property(lambda self: self.path / EVAL_LOG)
     grids_dir = property(lambda self: self.path / GRIDS_DIR)
+    features_dir = property(lambda self: self.path / FEATURES_DIR)
     heatmaps_dir = property(lambda self: self.path / HEATMAPS_DIR)
     logs_dir = property(lambda self: self.path / LOGS_DIR)
     samples_dir = property(lambda self: self.path / SAMPLES_DIR)
@@ -140,8 +144,19 @@ class RunFolder:
         """How often a study job of this run was requeued (SLURM_RESTART_COUNT)."""
         return self.logs_dir / f"{stage}.restarts"
 
-    def grid(self, epoch: int, weights: str, path: str) -> Path:
-        return self.grids_dir / f"epoch_{epoch:04d}_{weights}_{path}.png"
+    def grid(self, epoch: int, weights: str, path: str, seed: int | None = None) -> Path:
+        """A row's sample grid; `seed`: the sampling seed (rows of several seeds each have one)."""
+        tail = "" if seed is None else f"_s{seed}"
+        return self.grids_dir / f"epoch_{epoch:04d}_{weights}_{path}{tail}.png"
+
+    def features(self, key: dict) -> Path:
+        """Where the generated images' features of the row with `key` (FID_KEY) are kept:
+        epoch, weights, path and seed in the name, a hash of the whole key after them."""
+        import hashlib
+
+        digest = hashlib.sha1(repr(fid_row_key(key)).encode()).hexdigest()[:10]
+        return self.features_dir / (f"epoch_{int(key['epoch']):04d}_{key['weights']}_"
+                                    f"{key['path']}_s{key['sample_seed']}_{digest}.npz")
 
     def heatmap(self, name: str) -> Path:
         """The .npz of a cached heatmap (its figure: .with_suffix('.png'))."""
@@ -213,20 +228,47 @@ def write_run_info(run_dir: str | Path, info: RunInfo) -> Path:
 
 # -- eval/fid.csv -----------------------------------------------------------------------------
 FID_COLUMNS = ["run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step",
-               "weights", "path", "num_steps", "num_images", "extractor", "schedule",
-               "final_step", "fid", "ema_share", "ema_share_low", "lag_epochs", "sigma_rel",
-               "half_life_kimg", "seconds"]
+               "weights", "path", "sample_seed", "num_steps", "num_images", "num_real",
+               "subset_seed", "extractor", "schedule", "final_step", "fid", "kid", "kid_std",
+               "precision", "recall", "ema_share", "ema_share_low", "lag_epochs", "sigma_rel",
+               "half_life_kimg", "seconds", "boot_seed", "fid_boot"]
+# `seed` is the training seed (the run's), `sample_seed` the sampling seed of the generated
+# images (eval.seeds); `num_real` real images, a subset of the training images drawn with
+# `subset_seed` (eval.subset_seed; all of them when num_images >= the training set).
+# `fid_boot`: bootstrap replicate FIDs over the generated images' features (space-separated;
+# `replicates`), made with resample indices drawn from `boot_seed`, the sampling seed and the
+# image count only, so replicate b of every weight set and epoch resamples the same images.
+#
 # what makes two rows the same measurement. The protocol is part of it: a number made with
-# another extractor, image count, step count, noise schedule or final DDIM step is another row,
-# never a replacement.
-FID_KEY = ("epoch", "weights", "path", "num_steps", "num_images", "extractor", "schedule",
-           "final_step")
+# another extractor, image count, step count, noise schedule, final DDIM step or real subset is
+# another row, never a replacement; so is one made from another sampling seed.
+FID_KEY = ("epoch", "weights", "path", "sample_seed", "num_steps", "num_images", "extractor",
+           "schedule", "final_step", "subset_seed")
 # the protocol: numbers made under different values of these are never compared (STUDY.md)
 PROTOCOL_COLUMNS = ["dataset", "image_size", "num_images", "num_steps", "extractor", "schedule",
-                    "final_step"]
-# rows written before these columns existed were made with the unclipped cosine schedule and
-# a last DDIM step to alpha_bar 1
-LEGACY_VALUES = {"schedule": "cosine", "final_step": "alpha_one"}
+                    "final_step", "subset_seed"]
+# rows written before these columns existed were made with the unclipped cosine schedule, a
+# last DDIM step to alpha_bar 1, and eval.seed 42 (the default), which then also drew the real
+# subset
+LEGACY_VALUES = {"schedule": "cosine", "final_step": "alpha_one", "sample_seed": "42",
+                 "subset_seed": "42"}
+# eval.metrics -> the columns each fills
+METRIC_COLUMNS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "prc": ("precision", "recall")}
+
+
+def format_replicates(values) -> str:
+    """Bootstrap replicates as fid.csv holds them: space-separated, 4 decimals."""
+    return " ".join(f"{float(v):.4f}" for v in values)
+
+
+def parse_replicates(text) -> list[float]:
+    """The replicates of a `fid_boot` cell ([] when empty or unreadable)."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
+    try:
+        return [float(v) for v in str(text).split()]
+    except ValueError:
+        return []
 
 
 def fid_row_key(row: dict) -> tuple[str, ...]:
@@ -245,13 +287,18 @@ class ResultsFile:
                 self.rows = [with_legacy_values(r) for r in csv.DictReader(f)]
 
     def has(self, key: tuple[str, ...]) -> bool:
-        return any(fid_row_key(r) == key for r in self.rows)
+        return self.get(key) is not None
+
+    def get(self, key: tuple[str, ...]) -> dict | None:
+        """The row with this key (fid_row_key), or None."""
+        return next((r for r in self.rows if fid_row_key(r) == key), None)
 
     def add(self, row: dict) -> None:
         """Add a row (replacing one with the same key) and rewrite the file."""
         key = fid_row_key(row)
         self.rows = [r for r in self.rows if fid_row_key(r) != key] + [row]
-        self.rows.sort(key=lambda r: (int(r["epoch"]), str(r["weights"]), str(r["path"])))
+        self.rows.sort(key=lambda r: (int(r["epoch"]), str(r["weights"]), str(r["path"]),
+                                      int(r["sample_seed"])))
         columns = FID_COLUMNS + sorted({k for r in self.rows for k in r} - set(FID_COLUMNS))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")

@@ -5,13 +5,20 @@ have the shapes the trainer and evaluator write (see ``analysis.load``), and the
 the STUDY.md table plus a known per-seed offset, so every cell of a report can be checked. A
 test fixture: the tests import it as a plain module from tests/ (``from synthetic_runs import``).
 
-Known values (``known_fid``), with offset = (seed - mean(seeds)) * seed_step:
+Known values (``known_fid``), with offset = (seed - mean(seeds)) * seed_step, plus
+(sample_seed - mean(sample_seeds)) * sample_step for studies with several sampling seeds
+(``write_study(sample_seeds=...)``; without them rows have no sample_seed column, as fid.csv files
+written before it, and read as seed 42):
 
 - raw: the STUDY.md raw columns (Baseline best 33.07 @ 200, LIFT DP-Total best 36.65 @ 2000);
   LIFT diagonal / DP-64 = DP-Total + 12.42 / + 11.74 (best 49.07 / 48.39, as STUDY.md).
 - EMA 0.9999: the STUDY.md EMA columns (Baseline best 27.90 @ 400, LIFT 28.91 @ 400).
 - EMA at any other decay: raw - 3 (a short average tracks the raw network).
 - post-hoc EMA: raw - 4.
+
+Other metrics (``known_metrics``, with ``metrics=True``): KID = FID / 1000 (so the tables' KID×10³
+equals the FID), kid_std 0.001; precision 0.60 raw, 0.70 any average; recall 0.50 raw, 0.40 any
+average; both + offset / 100.
 """
 
 from __future__ import annotations
@@ -47,8 +54,12 @@ PROTOCOL = {"num_images": 15803, "num_steps": 18, "extractor": "inception-v3-com
 MODEL_PATHS = {"baseline": ("ddim",), "lift": ("dp_total",)}
 
 # fid(path, weights_id, epoch) -> FID, or None for "not evaluated"; weights_id as in
-# analysis.load: "raw", "ema@0.9999", "phema@0.1".
-FidFn = Callable[[str, str, int], "float | None"]
+# analysis.load: "raw", "ema@0.9999", "phema@0.1". With sample_seeds, it is called with the
+# sampling seed as a fourth argument.
+FidFn = Callable[..., "float | None"]
+# extra(path, weights_id, epoch, sample_seed) -> more columns of that row (kid, precision,
+# recall, boot_seed, fid_boot, ...)
+ExtraFn = Callable[[str, str, int, int], dict]
 
 
 def known_fid(model: str, path: str, weights_id: str, epoch: int, offset: float = 0.0) -> float:
@@ -65,6 +76,14 @@ def known_fid(model: str, path: str, weights_id: str, epoch: int, offset: float 
     else:
         value = raw - 4.0
     return value + offset
+
+
+def known_metrics(weights_id: str, fid: float, offset: float = 0.0) -> dict:
+    """KID, precision and recall of a synthetic row (see the module docstring)."""
+    averaged = weights_id != "raw"
+    return {"kid": fid / 1000, "kid_std": 0.001,
+            "precision": (0.70 if averaged else 0.60) + offset / 100,
+            "recall": (0.40 if averaged else 0.50) + offset / 100}
 
 
 def _share(decay: float, steps: int) -> float:
@@ -108,17 +127,22 @@ def write_run(
     phema: Sequence[float] = (),
     dataset: str = "afhqv2",
     image_size: int = 64,
+    train_images: int = 15803,
     steps_per_epoch: int = 246,
     batch_size: int = 64,
     protocol: dict | None = None,
     evaluated: bool = True,
     metrics_every: int = 50,
+    sample_seeds: Sequence[int] | None = None,
+    extra: ExtraFn | None = None,
 ) -> Path:
     """Write one run folder (run.json, metrics.csv and, if ``evaluated``, eval/fid.csv).
 
     ``ema_decays[0]`` is the primary decay (weights ``ema``), the others are ``ema@d``.
     ``fid`` defaults to ``known_fid`` with no seed offset; it may return None to leave a
-    row out. ``protocol`` overrides num_images / num_steps / extractor.
+    row out. ``protocol`` overrides num_images / num_steps / extractor. ``sample_seeds``: one
+    row per sampling seed (a ``sample_seed`` column; None: no such column, one row). ``extra``
+    adds columns per row. EMA rows have ``lag_epochs`` = 1 / (1 - decay) / steps_per_epoch.
     """
     run_dir = Path(root) / name
     (run_dir / FID_FILE).parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +150,8 @@ def write_run(
     primary = ema_decays[0] if ema_decays else None
     info = {"run": name, "model": model, "seed": seed, "ema_decay": primary,
             "ema_decays": list(ema_decays), "dataset": dataset, "image_size": image_size,
-            "epochs": max(epochs), "steps_per_epoch": steps_per_epoch,
-            "batch_size": batch_size}
+            "num_images": train_images, "epochs": max(epochs),
+            "steps_per_epoch": steps_per_epoch, "batch_size": batch_size}
     (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2))
     metrics = _metrics_rows(model, seed, ema_decays, max(epochs), steps_per_epoch, metrics_every)
     metrics.to_csv(run_dir / METRICS_FILE, index=False)
@@ -145,16 +169,25 @@ def write_run(
         step = epoch * steps_per_epoch
         for path in paths or MODEL_PATHS[model]:
             for weights, weights_id, decay in weight_sets:
-                value = fid(path, weights_id, epoch)
-                if value is None:
-                    continue
-                share = _share(decay, step) if decay is not None else None
-                rows.append({"run": name, "model": model, "seed": seed, "ema_decay": primary,
-                             "dataset": dataset, "image_size": image_size, "epoch": epoch,
-                             "step": step, "weights": weights, "path": path, **protocol,
-                             "fid": value, "ema_share": share,
-                             "ema_share_low": None if share is None else share < 0.5,
-                             "seconds": 12.5})
+                for sample_seed in sample_seeds or [None]:
+                    value = (fid(path, weights_id, epoch) if sample_seed is None
+                             else fid(path, weights_id, epoch, sample_seed))
+                    if value is None:
+                        continue
+                    share = _share(decay, step) if decay is not None else None
+                    row = {"run": name, "model": model, "seed": seed, "ema_decay": primary,
+                           "dataset": dataset, "image_size": image_size, "epoch": epoch,
+                           "step": step, "weights": weights, "path": path, **protocol,
+                           "fid": value, "ema_share": share,
+                           "ema_share_low": None if share is None else share < 0.5,
+                           "lag_epochs": (1 / (1 - decay) / steps_per_epoch
+                                          if decay is not None else None),
+                           "seconds": 12.5}
+                    if sample_seed is not None:
+                        row["sample_seed"] = sample_seed
+                    if extra is not None:
+                        row.update(extra(path, weights_id, epoch, sample_seed))
+                    rows.append(row)
     pd.DataFrame(rows).to_csv(run_dir / FID_FILE, index=False)
     return run_dir
 
@@ -168,6 +201,9 @@ def write_study(
     one_run_per_decay: bool = True,
     seed_step: float = 0.1,
     lift_paths: Sequence[str] = ("dp_total",),
+    sample_seeds: Sequence[int] | None = None,
+    sample_step: float = 0.0,
+    metrics: bool = False,
     **run_kwargs,
 ) -> list[Path]:
     """Write a study with known optima; returns the run folders.
@@ -176,9 +212,12 @@ def write_study(
     (the case ``dedupe_networks`` exists for); otherwise one run per (model, seed) tracking
     every decay (primary = decays[0], the others as ``ema@d``). LIFT is sampled along
     ``lift_paths``. Seed s shifts every FID by
-    (s - mean(seeds)) * seed_step, so the seed-mean equals ``known_fid``.
+    (s - mean(seeds)) * seed_step, so the seed-mean equals ``known_fid``; with
+    ``sample_seeds``, sampling seed q shifts it by (q - mean(sample_seeds)) * sample_step too.
+    ``metrics``: KID, precision and recall columns (``known_metrics``).
     """
     centre = float(np.mean(seeds))
+    sample_centre = float(np.mean(sample_seeds)) if sample_seeds else 0.0
     decay_sets = [[d] for d in decays] if one_run_per_decay else [list(decays)]
     run_dirs = []
     for model in models:
@@ -186,12 +225,21 @@ def write_study(
             for seed in seeds:
                 offset = (seed - centre) * seed_step
 
-                def fid(path, weights_id, epoch, model=model, offset=offset):
-                    return known_fid(model, path, weights_id, epoch, offset)
+                def fid(path, weights_id, epoch, sample_seed=None, model=model, offset=offset):
+                    shift = (0.0 if sample_seed is None
+                             else (sample_seed - sample_centre) * sample_step)
+                    return known_fid(model, path, weights_id, epoch, offset + shift)
+
+                def extra(path, weights_id, epoch, sample_seed, fid=fid, offset=offset):
+                    if not metrics:
+                        return {}
+                    return known_metrics(weights_id, fid(path, weights_id, epoch, sample_seed),
+                                         offset)
 
                 tag = "-".join(f"ema{fmt_value(d)}" for d in decay_set) or "noema"
                 paths = lift_paths if model == "lift" else MODEL_PATHS[model]
                 run_dirs.append(write_run(root, f"{model}-{tag}-s{seed}", model=model, seed=seed,
                                           ema_decays=decay_set, fid=fid, paths=paths,
+                                          sample_seeds=sample_seeds, extra=extra,
                                           **run_kwargs))
     return run_dirs

@@ -26,18 +26,28 @@ from analysis.tables import latex_by_hand, results_table, summarize, to_latex
 REPO = Path(__file__).resolve().parents[1]
 INCEPTION = "inception-v3-compat"
 
+# EMA - raw is paired per seed: every seed's offset cancels, so the difference is the same in
+# every seed and its t-interval has no width (tests/test_evidence.py has seeds that disagree).
 EXPECTED_EMA_9999 = {
-    "Baseline best": ["33.07 ± 0.10 @ 200ep", "27.90 ± 0.10 @ 400ep", "+5.17"],
-    "Baseline @ final epoch": ["59.37 ± 0.10", "38.62 ± 0.10", "+20.75"],
-    "LIFT DP-Total best": ["36.65 ± 0.10 @ 2000ep", "28.91 ± 0.10 @ 400ep", "+7.74"],
-    "LIFT DP-Total @ final epoch": ["36.65 ± 0.10", "38.55 ± 0.10", "-1.90"],
+    "Baseline best": ["33.07 ± 0.10 (n=3) @ 200ep", "27.90 ± 0.10 (n=3) @ 400ep",
+                      "-5.17 [-5.17, -5.17] *"],
+    "Baseline @ final epoch": ["59.37 ± 0.10 (n=3)", "38.62 ± 0.10 (n=3)",
+                               "-20.75 [-20.75, -20.75] *"],
+    "LIFT DP-Total best": ["36.65 ± 0.10 (n=3) @ 2000ep", "28.91 ± 0.10 (n=3) @ 400ep",
+                           "-7.74 [-7.74, -7.74] *"],
+    "LIFT DP-Total @ final epoch": ["36.65 ± 0.10 (n=3)", "38.55 ± 0.10 (n=3)",
+                                    "+1.90 [+1.90, +1.90] *"],
 }
-# EMA 0.999 = raw - 3 at every epoch: same best epochs as raw, gain +3.00 everywhere.
+# EMA 0.999 = raw - 3 at every epoch: same best epochs as raw, EMA - raw -3.00 everywhere.
 EXPECTED_EMA_999 = {
-    "Baseline best": ["33.07 ± 0.10 @ 200ep", "30.07 ± 0.10 @ 200ep", "+3.00"],
-    "Baseline @ final epoch": ["59.37 ± 0.10", "56.37 ± 0.10", "+3.00"],
-    "LIFT DP-Total best": ["36.65 ± 0.10 @ 2000ep", "33.65 ± 0.10 @ 2000ep", "+3.00"],
-    "LIFT DP-Total @ final epoch": ["36.65 ± 0.10", "33.65 ± 0.10", "+3.00"],
+    "Baseline best": ["33.07 ± 0.10 (n=3) @ 200ep", "30.07 ± 0.10 (n=3) @ 200ep",
+                      "-3.00 [-3.00, -3.00] *"],
+    "Baseline @ final epoch": ["59.37 ± 0.10 (n=3)", "56.37 ± 0.10 (n=3)",
+                               "-3.00 [-3.00, -3.00] *"],
+    "LIFT DP-Total best": ["36.65 ± 0.10 (n=3) @ 2000ep", "33.65 ± 0.10 (n=3) @ 2000ep",
+                           "-3.00 [-3.00, -3.00] *"],
+    "LIFT DP-Total @ final epoch": ["36.65 ± 0.10 (n=3)", "33.65 ± 0.10 (n=3)",
+                                    "-3.00 [-3.00, -3.00] *"],
 }
 
 
@@ -68,11 +78,13 @@ def test_results_table_every_cell(report):
     assert _cells(_read_table(out / "results_ema0.9999.csv")) == EXPECTED_EMA_9999
     assert _cells(_read_table(out / "results_ema0.999.csv")) == EXPECTED_EMA_999
     assert list(_read_table(out / "results_ema0.9999.csv").columns) == [
-        "Without EMA", "With EMA", "EMA gain"]
+        "Without EMA", "With EMA", "EMA - raw"]
     markdown = (out / "results_ema0.9999.md").read_text()
-    assert "| Baseline best | 33.07 ± 0.10 @ 200ep | 27.90 ± 0.10 @ 400ep | +5.17 |" in markdown
+    assert ("| Baseline best | 33.07 ± 0.10 (n=3) @ 200ep | 27.90 ± 0.10 (n=3) @ 400ep | "
+            "-5.17 [-5.17, -5.17] * |") in markdown
     latex = (out / "results_ema0.9999.tex").read_text()
-    row = r"Baseline best & 33.07 $\pm$ 0.10 @ 200ep & 27.90 $\pm$ 0.10 @ 400ep & +5.17 \\"
+    row = (r"Baseline best & 33.07 $\pm$ 0.10 (n=3) @ 200ep & 27.90 $\pm$ 0.10 (n=3) @ 400ep & "
+           r"-5.17 [-5.17, -5.17] * \\")
     assert row in latex
 
 
@@ -84,17 +96,19 @@ def test_epoch_table_matches_the_study_table(report):
         "Baseline EMA 0.999", "LIFT DP-Total EMA 0.999",
     ]
     assert list(table.index) == [str(e) for e in EPOCHS]
-    assert table.loc["200", "Baseline raw"] == "33.07 ± 0.10"
-    assert table.loc["400", "LIFT DP-Total EMA 0.9999"] == "28.91 ± 0.10"
-    assert table.loc["2000", "LIFT DP-Total EMA 0.999"] == "33.65 ± 0.10"
+    assert table.loc["200", "Baseline raw"] == "33.07 ± 0.10 (n=3)"
+    assert table.loc["400", "LIFT DP-Total EMA 0.9999"] == "28.91 ± 0.10 (n=3)"
+    assert table.loc["2000", "LIFT DP-Total EMA 0.999"] == "33.65 ± 0.10 (n=3)"
 
 
 def test_report_md_states_the_protocol_and_links_existing_files(report):
     text = report.read_text()
     for fact in ["| Dataset | afhqv2 |", "| Image size | 64x64 |",
-                 "| FID images | 15803 generated vs the training set |",
+                 "| Images | 15803 generated per sampling seed vs 15803 real: all 15803 training "
+                 "images |",
                  "| Sampling steps | 18 |", f"| Feature extractor | {INCEPTION} |",
-                 "| Seeds | Baseline: 0, 1, 2; LIFT DP-Total: 0, 1, 2 |",
+                 "| Training seeds | Baseline: 0, 1, 2; LIFT DP-Total: 0, 1, 2 |",
+                 "| Sampling seeds | Baseline: 42; LIFT DP-Total: 42 |",
                  "| EMA decays | 0.9999, 0.999 |", "Nothing missing."]:
         assert fact in text
     assert text.count("## FID protocol:") == 1
@@ -116,7 +130,7 @@ def test_runs_grouped_by_everything_but_seed(study):
     fid = loaded.fid
     assert set(fid.groupby(["group", "protocol"]).groups) == {
         (g, f"afhqv2 64px · 15803 images · 18 steps · {INCEPTION} · study schedule, "
-            "final step study") for g in groups}
+            "final step study · real subset seed 42") for g in groups}
     assert set(fid["series"]) == {"Baseline", "LIFT DP-Total"}
     assert fid.loc[fid["weights"] == "raw", "decay"].isna().all()
     ema = fid[fid["weights"] == "ema"]
@@ -136,9 +150,10 @@ def test_raw_rows_shared_across_decays_are_counted_once(study):
 
     right = summarize(deduped).query("series == 'Baseline' and variant == 'raw' and epoch == 200")
     assert right["n"].item() == 3 and right["std"].item() == pytest.approx(0.1)
-    # Counting each raw row once per decay would claim 6 seeds and shrink the std.
-    wrong = summarize(fid).query("series == 'Baseline' and variant == 'raw' and epoch == 200")
-    assert wrong["n"].item() == 6 and wrong["std"].item() == pytest.approx(0.0894, abs=1e-4)
+    # Counting each raw row once per decay would claim 6 seeds and shrink the std; summarize
+    # keys its values by (training seed, sampling seed), so even undeduped rows count once.
+    undeduped = summarize(fid).query("series == 'Baseline' and variant == 'raw' and epoch == 200")
+    assert undeduped["n"].item() == 3 and undeduped["std"].item() == pytest.approx(0.1)
 
 
 def test_extra_decays_as_ema_at_columns_give_the_same_tables(tmp_path, study):
@@ -171,14 +186,16 @@ def test_two_extractors_are_never_put_in_one_table(tmp_path):
     _add_extractor(runs, "clip-vit-b-32", shift=100.0)
     report = make_report(study_dir=tmp_path / "study", formats=("png",))
     out = report.parent
-    tail = "-study-schedule-final-step-study"
+    tail = "-study-schedule-final-step-study-real-subset-seed-42"
     inception = out / f"afhqv2-64px-15803-images-18-steps-{INCEPTION}{tail}"
     clip = out / f"afhqv2-64px-15803-images-18-steps-clip-vit-b-32{tail}"
     assert _cells(_read_table(inception / "results_ema0.9999.csv")) == EXPECTED_EMA_9999
     shifted = _cells(_read_table(clip / "results_ema0.9999.csv"))
-    assert shifted["Baseline best"] == ["133.07 ± 0.10 @ 200ep", "127.90 ± 0.10 @ 400ep",
-                                        "+5.17"]
-    assert shifted["LIFT DP-Total @ final epoch"] == ["136.65 ± 0.10", "138.55 ± 0.10", "-1.90"]
+    assert shifted["Baseline best"] == ["133.07 ± 0.10 (n=3) @ 200ep",
+                                        "127.90 ± 0.10 (n=3) @ 400ep", "-5.17 [-5.17, -5.17] *"]
+    assert shifted["LIFT DP-Total @ final epoch"] == ["136.65 ± 0.10 (n=3)",
+                                                      "138.55 ± 0.10 (n=3)",
+                                                      "+1.90 [+1.90, +1.90] *"]
     for folder in (inception, clip):
         assert (folder / "fid_by_epoch.csv").is_file() and (folder / "fid_vs_epoch.png").is_file()
     text = report.read_text()
@@ -223,14 +240,17 @@ def test_missing_pieces_are_reported_not_papered_over(tmp_path, caplog, capsys):
 
     table = _cells(_read_table(report.parent / "results_ema0.9999.csv"))
     # Best EMA epoch 400 had a mostly-initial EMA: marked, and the note says what it means.
-    assert table["Baseline best"] == ["33.07 ± 0.07 @ 200ep", "27.90 ± 0.07 @ 400ep †", "+5.17"]
-    assert table["Baseline @ final epoch"] == ["59.37 ± 0.07", "38.62 ± 0.07", "+20.75"]
+    # Best EMA at 400 and raw at 200 are paired by seed; at 800 seed 1 is missing.
+    assert table["Baseline best"] == ["33.07 ± 0.07 (n=2) @ 200ep", "27.90 ± 0.07 (n=2) @ 400ep †",
+                                      "-5.17 [-5.17, -5.17] *"]
+    assert table["Baseline @ final epoch"] == ["59.37 ± 0.07 (n=2)", "38.62 ± 0.07 (n=2)",
+                                               "-20.75 [-20.75, -20.75] *"]
     assert table["LIFT DP-Total best"] == ["39.35 @ 400ep", "n/a", "n/a"]
     assert table["LIFT DP-Total @ final epoch"] == ["53.96", "n/a", "n/a"]
     assert "† EMA still mostly initial weights" in text
     assert "Final epoch (last evaluated): Baseline 2000, LIFT DP-Total 1800." in text
     printed = capsys.readouterr().out
-    assert "Results: EMA 0.9999" in printed and "| Baseline best | 33.07 ± 0.07" in printed
+    assert "Results: EMA 0.9999" in printed and "| Baseline best | 33.07 ± 0.07 (n=2)" in printed
 
 
 def test_runs_without_any_evaluation_still_give_a_report(tmp_path):
@@ -292,8 +312,9 @@ def test_cli_writes_the_report_and_leaves_no_litter(tmp_path):
     assert [p.relative_to(cwd).as_posix() for p in cwd.iterdir()] == ["outputs"]
     report = cwd / "outputs" / "report" / "report.md"
     assert f"report: {Path('outputs/report/report.md')}" in done.stdout
-    assert "| Baseline best | 33.07 @ 200ep | 27.90 @ 400ep | +5.17 |" in report.read_text()
-    assert "| LIFT DP-Total best | 36.65 @ 2000ep | 28.91 @ 400ep | +7.74 |" in done.stdout
+    # one training and one sampling seed, no bootstrap replicates: no interval
+    assert "| Baseline best | 33.07 @ 200ep | 27.90 @ 400ep | -5.17 |" in report.read_text()
+    assert "| LIFT DP-Total best | 36.65 @ 2000ep | 28.91 @ 400ep | -7.74 |" in done.stdout
 
     command = [sys.executable, "-m", "analysis.report", f"study_dir={tmp_path / 'nothing'}"]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)

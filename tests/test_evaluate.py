@@ -6,7 +6,6 @@ import torch
 from tiny import TINY_TRAIN
 
 from explore import evaluate as ev
-from explore import fid as fidlib
 from explore.config import compose
 from explore.errors import ConfigError
 from explore.models import LiftUNet
@@ -42,6 +41,10 @@ def test_lift_run_rows_grids_heatmaps(lift_run, eval_cfg):
     r = got[-1]
     assert r["model"] == "lift" and r["extractor"] == "randconv-256" and r["num_images"] == "24"
     assert r["step"] == "8" and r["ema_share"] == ""
+    # one sampling seed (the default 42), 24 of the 64 training images drawn with subset seed 42
+    assert (r["sample_seed"], r["subset_seed"], r["num_real"]) == ("42", "42", "24")
+    assert float(r["kid"]) > 0 and float(r["kid_std"]) == 0  # one subset: the whole set
+    assert r["precision"] == r["recall"] == r["fid_boot"] == ""  # not asked for
     fids = {(x["epoch"], x["weights"]): float(x["fid"]) for x in got}
     assert all(0 < f < 1e3 for f in fids.values())  # finite, and these models are far from data
     # raw and EMA weights of one checkpoint are different networks: different FIDs
@@ -49,7 +52,7 @@ def test_lift_run_rows_grids_heatmaps(lift_run, eval_cfg):
     ema = got[-2]
     assert float(ema["ema_share"]) == pytest.approx(1 - 0.9**8, abs=1e-4)
     assert ema["ema_share_low"] == "False" and got[0]["ema_share_low"] == "True"  # 1 - .9^4 < .5
-    assert (lift_run / "eval" / "grids" / "epoch_0002_ema_dp_total.png").stat().st_size > 0
+    assert (lift_run / "eval" / "grids" / "epoch_0002_ema_dp_total_s42.png").stat().st_size > 0
     heatmaps = sorted(p.name for p in (lift_run / "eval" / "heatmaps").iterdir())
     assert "epoch_0002_raw_study_g4_k1_n2_s42.npz" in heatmaps
     assert "epoch_0002_raw_study_g4_k1_n2_s42.png" in heatmaps
@@ -59,15 +62,15 @@ def test_skip_force_and_resume(lift_run, eval_cfg, monkeypatch, tmp_path):
     run = lift_run
     cfg = eval_cfg(f"run_dir={run}", "eval.paths=[diagonal,dp_64]", "eval.epochs=[2]")
     calls = {"n": 0}
-    real_fid = fidlib.compute_fid
+    real_measure = ev.metriclib.measure
 
-    def dying_fid(*a, **kw):
+    def dying_measure(*a, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # killed in the middle of the third row
-        return real_fid(*a, **kw)
+        return real_measure(*a, **kw)
 
-    monkeypatch.setattr(ev.fidlib, "compute_fid", dying_fid)
+    monkeypatch.setattr(ev.metriclib, "measure", dying_measure)
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(cfg)
     done = [(r["weights"], r["path"]) for r in rows(run / "eval" / "fid.csv")

@@ -9,6 +9,7 @@ TINY_TRAIN = ["experiment=smoke", "device=cpu", *TINY_MODEL, "data.num_images=64
               "trainer.batch_size=16", "trainer.epochs=2", "trainer.progress=false",
               "trainer.sample_steps=4"]
 # an evaluation that still runs every stage (DP paths on a 4x4 heatmap, FID on 24 images)
+# (no bootstrap replicates unless a test asks for them: eval.bootstrap=N)
 TINY_EVAL = ["device=cpu", "progress=false", "eval.num_images=24", "eval.num_steps=4",
              "eval.batch_size=12", "eval.heatmap.grid_size=4", "eval.heatmap.num_probes=1",
-             "eval.heatmap.num_images=2", "eval.fid.extractor=randconv-256"]
+             "eval.heatmap.num_images=2", "eval.fid.extractor=randconv-256", "eval.bootstrap=0"]
