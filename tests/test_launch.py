@@ -298,7 +298,8 @@ def test_study_grid_names_one_run_per_model_decay_and_seed(tmp_path):
 @pytest.mark.slow
 def test_ema_length_study_trains_reconstructs_a_sweep_and_evaluates_it(tmp_path, capsys):
     cfg, overrides = _study(tmp_path, "study=ema_length", "study.models=[baseline]",
-                            "study.posthoc.sigma_rel=[0.02,0.08,0.2]", "eval.epochs=[2]")
+                            "study.posthoc.sigma_rel=[0.02,0.08,0.2]", "study.smoke_eval=[]",
+                            "eval.epochs=[2]")
     report, (run,) = run_study(cfg, overrides, poll_s=0.2)
     assert run.state == "done", run.note
     assert run.name == "baseline-phema0.05+0.1-ema0.99-seed0"
