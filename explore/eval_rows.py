@@ -43,7 +43,7 @@ def check_metric_options(e: DictConfig) -> None:
     """eval.seeds / eval.seed, eval.metrics and eval.bootstrap, with messages that name them."""
     sample_seeds(e)
     if not e.metrics:
-        raise ConfigError("eval.metrics is empty: name at least one of fid, kid, prc")
+        raise ConfigError("eval.metrics is empty: name at least one of fid, kid, prc, memorization")
     try:
         metriclib.check_metrics(list(e.metrics))
     except ValueError as err:
@@ -65,13 +65,18 @@ def missing_parts(row: dict | None, metrics: list[str], bootstrap: int, boot_see
     return lacking
 
 
-def measure_row(ctx: EvalContext, feats: torch.Tensor, seed: int, old: dict | None) -> dict:
+def measure_row(ctx: EvalContext, feats: torch.Tensor, seed: int, old: dict | None,
+                images: torch.Tensor | None = None, key: dict | None = None) -> dict:
     """The metric columns of a row from its generated features: every metric of eval.metrics
-    (only those the row `old` lacks, when completing one), and the bootstrap replicates."""
+    (only those the row `old` lacks, when completing one), and the bootstrap replicates.
+    `images` (None when completing from kept features) serve memorisation's pixel space and
+    its closest-pairs grid (`key`: the row's key, for the grid's name)."""
     lacking = ctx.missing(old)
     wanted = [m for m in ctx.metrics if old is None or m in lacking]
     values = metriclib.measure(feats, ctx.real_set, wanted)
     out = {k: round(v, 4) if k == "fid" else round(v, 6) for k, v in values.items()}
+    if "memorization" in wanted:
+        out.update(memorization_columns(ctx, feats, images, key))
     if ctx.bootstrap and (old is None or "bootstrap" in lacking):
         if ctx.boot is None:  # sqrt of the real covariance: once per evaluation
             ctx.boot = metriclib.FidBootstrap(ctx.real_set.stats, device=ctx.device)
@@ -79,6 +84,29 @@ def measure_row(ctx: EvalContext, feats: torch.Tensor, seed: int, old: dict | No
         idx = metriclib.bootstrap_indices(len(feats), ctx.bootstrap, boot_seed, seed)
         out["boot_seed"] = boot_seed
         out["fid_boot"] = format_replicates(ctx.boot.replicates(feats, idx))
+    return out
+
+
+def memorization_columns(ctx: EvalContext, feats: torch.Tensor, images: torch.Tensor | None,
+                         key: dict | None) -> dict:
+    """The share of generated images that copy a training image (explore.memorization), in the
+    extractor's feature space against every training image; with eval.memorization_pixels also
+    in pixel space; and the 8 closest pairs as a grid under eval/grids/."""
+    from .memorization import nearest_two, pair_grid, pixels
+
+    near = nearest_two(feats, ctx.train_set.features, device=ctx.device)
+    out = {"memorization": round(near.rate(), 6)}
+    if images is not None:
+        train = ctx.data.images
+        if bool(ctx.e.get("memorization_pixels")):
+            out["memorization_px"] = round(
+                nearest_two(pixels(images), pixels(train), device=ctx.device).rate(), 6)
+        if key is not None:
+            from .evaluate import write_uint8_image
+
+            path = ctx.run.copies_grid(key["epoch"], key["weights"], key["path"],
+                                       key["sample_seed"])
+            write_uint8_image(pair_grid(images, train, near), path)
     return out
 
 
@@ -91,4 +119,6 @@ def describe_values(row: dict) -> str:
         parts.append(f"KID {float(row['kid']):.4f} ± {float(row['kid_std']):.4f}")
     if row.get("precision") not in (None, ""):
         parts.append(f"P {float(row['precision']):.3f} R {float(row['recall']):.3f}")
+    if row.get("memorization") not in (None, ""):
+        parts.append(f"copies {100 * float(row['memorization']):.1f}%")
     return " ".join(parts)

@@ -96,6 +96,7 @@ class EvalContext:
     metrics: list[str]           # eval.metrics
     bootstrap: int               # replicate FIDs per row (0: none; always 0 with several seeds)
     features: metriclib.FeatureExtractor   # built once, used by every row
+    train_set: metriclib.RealSet # every training image (memorisation's neighbours), lazily
     real_set: metriclib.RealSet  # the real images' features and statistics, computed once
     boot: metriclib.FidBootstrap | None = None  # made on first use (sqrt of the real covariance)
 
@@ -263,7 +264,12 @@ def prepare(cfg: DictConfig) -> tuple[EvalContext, dict]:
         bootstrap=bootstrap, features=features,
         real_set=metriclib.RealSet(features, real, real_name, e.fid.cache_root,
                                    progress=bool(cfg.progress)),
+        train_set=(metriclib.RealSet(  # the same set when every training image is real
+            features, data.images, fidlib.real_stats_name(data.name, data.image_size, extractor,
+                                                          len(data)), e.fid.cache_root,
+            progress=bool(cfg.progress)) if len(real) < len(data) else None),
         logger=run_loggers(run.path))
+    ctx.train_set = ctx.train_set or ctx.real_set
     return ctx, last
 
 
@@ -343,7 +349,7 @@ def evaluate_weight_set(ctx: EvalContext, model: torch.nn.Module, epoch: int, ws
             if e.keep_features:
                 metriclib.save_features(ctx.run.features(key), feats, key)
             old = None  # sampled afresh: every metric of eval.metrics is recomputed
-        values = measure_row(ctx, feats, seed, old)
+        values = measure_row(ctx, feats, seed, old, images, key)
         row = {**(prior or {}), **ctx.identity(), **key,  # other metrics of the row are kept
                "step": step if step is not None else "",
                "num_real": len(ctx.real), **values,
@@ -377,10 +383,15 @@ def generate(ctx: EvalContext, model, pname: str, heatmap, grids, seed: int) -> 
 
 
 def write_grid(images: torch.Tensor, path: Path) -> None:
+    write_uint8_image(grid_image(images, nrow=9), path)
+
+
+def write_uint8_image(image: torch.Tensor, path: Path) -> None:
+    """A (3, H, W) uint8 tensor as a PNG, atomically."""
     from PIL import Image
 
-    grid = Image.fromarray(grid_image(images, nrow=9).permute(1, 2, 0).numpy())
-    atomic_write(path, lambda f: grid.save(f, format="png"))
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+    atomic_write(path, lambda f: picture.save(f, format="png"))
 
 
 @contextlib.contextmanager

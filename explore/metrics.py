@@ -92,7 +92,7 @@ from .files import atomic_write
 
 log = logging.getLogger("explore.metrics")
 
-METRICS = ("fid", "kid", "prc")
+METRICS = ("fid", "kid", "prc", "memorization")
 KID_SUBSETS = 100          # torch-fidelity's default
 KID_SUBSET_SIZE = 1000     # torch-fidelity's default; capped at the sample count
 KID_SEED = 2020            # torch-fidelity's default rng_seed: the subsets KID draws
@@ -101,7 +101,8 @@ PRC_BATCH = 2048           # rows of distances at a time (memory only; the resul
 
 
 def check_metrics(names: Sequence[str]) -> list[str]:
-    """The metric names, checked (fid, kid, prc), in the order given, without repeats."""
+    """The metric names, checked (fid, kid, prc, memorization), in the order given, without
+    repeats."""
     out = []
     for name in names:
         if name not in METRICS:
@@ -276,8 +277,10 @@ def measure(fake: torch.Tensor, real: RealSet, metrics: Sequence[str]) -> dict[s
             out["fid"] = fid_from_features(fake, real.stats)
         elif name == "kid":
             out["kid"], out["kid_std"] = kid_from_features(fake, real.features)
-        else:
+        elif name == "prc":
             out["precision"], out["recall"] = precision_recall(fake, real.features)
+        # memorization compares with the whole training set, not the real subset:
+        # explore.eval_rows.memorization_columns
     return out
 
 

@@ -149,6 +149,10 @@ class RunFolder:
         tail = "" if seed is None else f"_s{seed}"
         return self.grids_dir / f"epoch_{epoch:04d}_{weights}_{path}{tail}.png"
 
+    def copies_grid(self, epoch: int, weights: str, path: str, seed: int) -> Path:
+        """The 8 generated images closest to being copies, over their nearest training images."""
+        return self.grids_dir / f"epoch_{epoch:04d}_{weights}_{path}_s{seed}_copies.png"
+
     def features(self, key: dict) -> Path:
         """Where the generated images' features of the row with `key` (FID_KEY) are kept:
         epoch, weights, path and seed in the name, a hash of the whole key after them."""
@@ -230,8 +234,9 @@ def write_run_info(run_dir: str | Path, info: RunInfo) -> Path:
 FID_COLUMNS = ["run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step",
                "weights", "path", "sample_seed", "num_steps", "num_images", "num_real",
                "subset_seed", "extractor", "schedule", "final_step", "fid", "kid", "kid_std",
-               "precision", "recall", "ema_share", "ema_share_low", "lag_epochs", "sigma_rel",
-               "half_life_kimg", "seconds", "boot_seed", "fid_boot"]
+               "precision", "recall", "memorization", "memorization_px", "ema_share",
+               "ema_share_low", "lag_epochs", "sigma_rel", "half_life_kimg", "seconds",
+               "boot_seed", "fid_boot"]
 # `seed` is the training seed (the run's), `sample_seed` the sampling seed of the generated
 # images (eval.seeds); `num_real` real images, a subset of the training images drawn with
 # `subset_seed` (eval.subset_seed; all of them when num_images >= the training set).
@@ -253,7 +258,8 @@ PROTOCOL_COLUMNS = ["dataset", "image_size", "num_images", "num_steps", "extract
 LEGACY_VALUES = {"schedule": "cosine", "final_step": "alpha_one", "sample_seed": "42",
                  "subset_seed": "42"}
 # eval.metrics -> the columns each fills
-METRIC_COLUMNS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "prc": ("precision", "recall")}
+METRIC_COLUMNS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "prc": ("precision", "recall"),
+                  "memorization": ("memorization",)}
 
 
 def format_replicates(values) -> str:

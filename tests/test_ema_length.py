@@ -227,3 +227,21 @@ def test_memorization_rate_is_one_for_copies_and_zero_for_fresh_samples():
     assert nearest_two(pixels(fresh), pixels(train)).rate() <= 0.05
     grid = pair_grid(copies, train, near, k=8)
     assert grid.dtype == torch.uint8 and grid.shape[0] == 3
+
+
+def test_memorization_is_a_metric_of_evaluation(tiny_cfg, tmp_path, eval_cfg):
+    """eval.metrics=[...,memorization]: a column per row (feature space, and pixels when asked),
+    the closest pairs as a grid (the rate itself: the test above)."""
+    import csv
+
+    from explore import evaluate as ev
+    from explore.train import train
+
+    run = train(tiny_cfg("model=baseline", "trainer.epochs=1"), tmp_path / "r")
+    out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.metrics=[fid,memorization]",
+                               "eval.memorization_pixels=true", "eval.weights=[raw]"))
+    with open(out) as f:
+        (row,) = list(csv.DictReader(f))
+    assert 0 <= float(row["memorization"]) <= 0.2  # one epoch: nothing is copied yet
+    assert row["memorization_px"] != ""
+    assert (run / "eval" / "grids" / "epoch_0001_raw_ddim_s42_copies.png").is_file()
