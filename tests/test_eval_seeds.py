@@ -71,8 +71,8 @@ def _record(monkeypatch) -> list[dict]:
         current["weights"] = ws.name
         return real_weight_set(ctx, model, epoch, ws, todo, step)
 
-    def measure_row(ctx, feats, seed, old):
-        out = real_row(ctx, feats, seed, old)
+    def measure_row(ctx, feats, seed, old, *rest):
+        out = real_row(ctx, feats, seed, old, *rest)
         seen.append({"weights": current["weights"], "seed": seed, **values[-1],
                      "boot": out.get("fid_boot")})
         return out
