@@ -26,7 +26,6 @@ one sampling seed, `eval.bootstrap` replicate FIDs per row (explore.metrics.FidB
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import warnings
@@ -53,6 +52,7 @@ from .eval_rows import (
 )
 from .files import atomic_write
 from .lift_paths import cached_heatmap, lift_path, paths_for
+from .logfile import log_to
 from .loggers import RunLoggers, run_loggers
 from .runfiles import (
     ResultsFile,
@@ -277,7 +277,7 @@ def prepare(cfg: DictConfig) -> tuple[EvalContext, dict]:
 def evaluate(cfg: DictConfig) -> Path:
     """Evaluate every selected checkpoint; returns the path of fid.csv."""
     ctx, last = prepare(cfg)
-    with _log_to(ctx.run.eval_log), ctx.logger:
+    with log_to(ctx.run.eval_log), ctx.logger:
         log.info("evaluating %d checkpoint(s) of %s: %d images per sampling seed %s vs %d "
                  "real (subset seed %d), %d DDIM steps (final step %s), noise schedule %s, "
                  "extractor %s, metrics %s%s", len(ctx.checkpoints), ctx.info.run,
@@ -392,24 +392,6 @@ def write_uint8_image(image: torch.Tensor, path: Path) -> None:
 
     picture = Image.fromarray(image.permute(1, 2, 0).numpy())
     atomic_write(path, lambda f: picture.save(f, format="png"))
-
-
-@contextlib.contextmanager
-def _log_to(path: Path):
-    """Also log to `path` (the run's own record of what was evaluated and how long it took)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    root = logging.getLogger("explore")
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(min(old_level or logging.INFO, logging.INFO))
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-        handler.close()
 
 
 def with_run_eval_defaults(cfg: DictConfig, overrides: list[str]) -> DictConfig:

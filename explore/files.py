@@ -126,7 +126,7 @@ def remove_stale_temporaries(folders, owner_alive=None) -> tuple[int, int]:
     """Remove temporaries of `atomic_write` left by writers that are no longer alive (their pid
     is in the name); returns (files, bytes) removed. `owner_alive(pid) -> bool` defaults to
     "a process with that pid exists on this machine"."""
-    alive = owner_alive or _pid_alive
+    alive = owner_alive or pid_alive
     count = size = 0
     for folder in map(Path, folders):
         if not folder.is_dir():
@@ -143,7 +143,8 @@ def remove_stale_temporaries(folders, owner_alive=None) -> tuple[int, int]:
     return count, size
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

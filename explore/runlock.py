@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 
 from .errors import UserError
+from .files import pid_alive
 
 log = logging.getLogger("explore.train")
 
@@ -30,16 +31,6 @@ def _me() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "since": datetime.datetime.now().isoformat(timespec="seconds")}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:
@@ -62,7 +53,7 @@ class RunLock:
         if holder.get("slurm_job_id") and holder.get("slurm_job_id") == me["slurm_job_id"]:
             return True  # this SLURM job, requeued: its previous run is over
         if holder.get("host") == me["host"]:
-            return holder.get("pid") == me["pid"] or not _alive(int(holder.get("pid", -1)))
+            return holder.get("pid") == me["pid"] or not pid_alive(int(holder.get("pid", -1)))
         return False
 
     def check(self) -> None:

@@ -18,7 +18,6 @@ import contextlib
 import csv
 import io
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from .devices import resolve_device
 from .disk import check_disk, plan_disk
 from .files import atomic_write, fmt_bytes, remove_stale_temporaries
 from .heldout import HeldOutLoss
+from .logfile import log_to
 from .preemption import StepBoundary
 from .runfiles import RunFolder
 from .runlock import RunLock
@@ -68,7 +68,7 @@ def train(cfg: DictConfig, run_dir: str | Path, command: list[str] | None = None
     state = restore(training, found, cfg) if found is not None else RunState()
     budget = check_disk(plan_disk(training, cfg.checkpoint, run, state.epoch, epochs,
                                   steps_per_epoch), run)
-    with lock, _log_to(run.train_log):  # from here on the run folder is written
+    with lock, log_to(run.train_log):  # from here on the run folder is written
         for level, line in budget:
             log.log(level, line)
         cleaned, size = remove_stale_temporaries(run.written_folders())
@@ -176,31 +176,6 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
-
-
-@contextlib.contextmanager
-def _log_to(path: Path):
-    """Also log to the run's train.log (unless a handler already writes there: a study job)."""
-    root = logging.getLogger()
-    if any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in root.handlers):
-        yield
-        return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    logger = logging.getLogger("explore")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(min(old_level or logging.INFO, logging.INFO))
-    try:
-        yield
-    except Exception as e:  # the reason a run stopped belongs in its log (the file only: the
-        handler.handle(logger.makeRecord(  # entry point prints it on the terminal)
-            logger.name, logging.ERROR, __file__, 0, "%s: %s", (type(e).__name__, e), None))
-        raise
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        handler.close()
 
 
 def _progress(it, epoch: int, epochs: int, enabled: bool, total: int):

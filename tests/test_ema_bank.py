@@ -2,7 +2,6 @@
 its checkpoints, metrics, resume and evaluation (one weight set per decay, each with the
 progress-hiding guard)."""
 
-import csv
 import io
 import json
 import logging
@@ -10,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from tiny import TINY_TRAIN
+from tiny import TINY_TRAIN, rows
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -45,11 +44,6 @@ def random_steps(model, steps, seed=0):
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
         yield
-
-
-def rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 # -- 5: against an independent implementation ---------------------------------------------------

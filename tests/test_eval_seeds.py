@@ -5,12 +5,11 @@ independent of the sampling seed, metrics completed from kept features."""
 from __future__ import annotations
 
 import csv
-import warnings
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tiny import TINY_TRAIN
+from tiny import TINY_TRAIN, rows
 
 from explore import evaluate as ev
 from explore.config import compose
@@ -19,17 +18,8 @@ from explore.errors import ConfigError
 from explore.runfiles import ResultsFile, RunFolder, parse_replicates
 from explore.train import train
 
-
-def rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(autouse=True)
-def _quiet_small_count_warning():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="eval.num_images")
-        yield
+# the tiny evaluations score fewer images than FID needs to be meaningful, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:eval.num_images")
 
 
 def _ema_is_raw(run) -> None:

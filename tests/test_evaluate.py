@@ -1,9 +1,8 @@
-import csv
 import warnings
 
 import pytest
 import torch
-from tiny import TINY_TRAIN
+from tiny import TINY_TRAIN, rows
 
 from explore import evaluate as ev
 from explore.config import compose
@@ -12,17 +11,8 @@ from explore.models import LiftUNet
 from explore.train import train
 from explore.weights import WeightsError
 
-
-def rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(autouse=True)
-def _quiet_small_count_warning():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="eval.num_images")
-        yield
+# the tiny evaluations score fewer images than FID needs to be meaningful, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:eval.num_images")
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@ own readers, training and evaluation in one place, and logging that never stops 
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tiny import rows
 
 from explore.errors import ConfigError
 from explore.evaluate import evaluate
@@ -19,11 +19,6 @@ from explore.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 EMA_STATS = ("mean_abs_delta", "rms_delta", "rel_rms_delta", "max_abs_delta", "share")
-
-
-def rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_tags_of_metrics_and_fid_rows():

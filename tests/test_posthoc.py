@@ -2,14 +2,13 @@
 profile, the reconstruction check against a directly tracked profile, the posthoc app, and
 evaluation of the reconstructed weight sets."""
 
-import csv
 import math
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from tiny import TINY_TRAIN
+from tiny import TINY_TRAIN, rows
 from torch import nn
 
 from explore import evaluate as ev
@@ -38,11 +37,6 @@ from explore.weights import reconstructed_sets, weight_sets
 # fraction of rms(tracked - raw) (measured: 3.7e-5), and a relative profile error below 5e-3
 # (measured 1.6e-3); with 6 snapshot times instead of 30 the same check fails (1e-2).
 REL_TOL = 1e-3
-
-
-def rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 # -- the maths -------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The tiny sizes every test trains and evaluates at (a run takes seconds on one CPU core)."""
 
+import csv
+
 # a two-level UNet on 16x16 images: LIFT ~0.03M parameters
 TINY_MODEL = ["model.hidden_dims=[8,16]", "model.image_size=16", "model.attn_min_ch=16"]
 TINY_DIMS = dict(hidden_dims=[8, 16], image_size=16, attn_min_ch=16)  # the same, as arguments
@@ -13,3 +15,9 @@ TINY_TRAIN = ["experiment=smoke", "device=cpu", *TINY_MODEL, "data.num_images=64
 TINY_EVAL = ["device=cpu", "progress=false", "eval.num_images=24", "eval.num_steps=4",
              "eval.batch_size=12", "eval.heatmap.grid_size=4", "eval.heatmap.num_probes=1",
              "eval.heatmap.num_images=2", "eval.fid.extractor=randconv-256", "eval.bootstrap=0"]
+
+
+def rows(path) -> list[dict]:
+    """The rows of a run's CSV file (fid.csv, metrics.csv) as dicts of strings."""
+    with open(path) as f:
+        return list(csv.DictReader(f))
