@@ -80,7 +80,8 @@ def _cells(line: str) -> list[str]:
 def _td(cell: str, base: Path) -> str:
     """A body cell; numbers ("33.07 ± 0.10", "+1.90 [...]") right-aligned, text left."""
     numeric = _NUMBER.match(cell) is not None
-    return f"<td{' class=\"num\"' if numeric else ''}>{_inline(cell, base)}</td>"
+    tag = '<td class="num">' if numeric else "<td>"
+    return f"{tag}{_inline(cell, base)}</td>"
 
 
 def _table(rows: list[str], base: Path) -> str:
