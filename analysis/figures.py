@@ -85,13 +85,18 @@ def _fid_curve(ax, rows: pd.DataFrame, colour: str, style: str, star_dx: float =
                linewidths=0.6 if raw else 1.4, zorder=5)
 
 
-def _star_offsets(summary: pd.DataFrame, curves: int) -> list[float]:
-    """x shifts (in epochs) of the best-epoch stars of ``curves`` curves: a fifth of the
-    epoch spacing between neighbours, centred on the epoch."""
-    epochs = sorted(summary["epoch"].unique())
-    gap = min((b - a for a, b in zip(epochs, epochs[1:])), default=1.0)
-    width = 0.6 * gap / max(curves, 1)
-    return [(i - (curves - 1) / 2) * width for i in range(curves)]
+def star_shifts(best_epochs: Sequence[float], epochs: Sequence[float]) -> list[float]:
+    """x shifts (in epochs) of best-epoch stars: curves whose best epoch is shared are spread
+    over 0.4 of the epoch spacing, so no star covers another; a star alone stays put."""
+    ordered = sorted(set(epochs))
+    gap = min((b - a for a, b in zip(ordered, ordered[1:])), default=1.0)
+    shifts = [0.0] * len(best_epochs)
+    for epoch in set(best_epochs):
+        sharing = [i for i, e in enumerate(best_epochs) if e == epoch]
+        width = 0.4 * gap / len(sharing)
+        for k, i in enumerate(sharing):
+            shifts[i] = (k - (len(sharing) - 1) / 2) * width
+    return shifts
 
 
 def fid_log_scale(summary: pd.DataFrame, scale: str = "auto") -> bool:
@@ -146,14 +151,14 @@ def fid_figure(summary: pd.DataFrame, title: str, scale: str = "auto") -> Figure
                  layout="constrained")
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
     series = list(summary["series"].drop_duplicates())
-    dx = _star_offsets(summary, 2 * len(series))
     for ax, variant in zip(axes, panels, strict=False):
-        for i, name in enumerate(series):
-            rows = summary[summary["series"] == name]
-            _fid_curve(ax, rows[rows["variant"] == "raw"], series_colour(name), "-", dx[2 * i])
-            if variant is not None:
-                _fid_curve(ax, rows[rows["variant"] == variant], series_colour(name), "--",
-                           dx[2 * i + 1])
+        curves = [(rows[rows["variant"] == v], series_colour(name), style)
+                  for name in series for rows in [summary[summary["series"] == name]]
+                  for v, style in [("raw", "-"), (variant, "--")] if v is not None]
+        curves = [c for c in curves if not c[0].empty]
+        best = [c[0].loc[c[0]["mean"].idxmin(), "epoch"] for c in curves]
+        for (rows, colour, style), dx in zip(curves, star_shifts(best, summary["epoch"])):
+            _fid_curve(ax, rows, colour, style, dx)
         ax.set_title(variant or "raw weights (no EMA rows)")
         ax.set_xlabel("epoch")
     for ax in axes[len(panels):]:
