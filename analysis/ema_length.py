@@ -193,7 +193,7 @@ def fid_length_figure(lengths: pd.DataFrame, title: str, scale: str = "auto"
         ax.axvspan(x_raw / 1.6, x_raw * 1.35, color="grey", alpha=0.12, lw=0)
         ax.text(x_raw, 0.02, "raw", transform=blended_transform_factory(ax.transData,
                                                                           ax.transAxes),
-                ha="center", va="bottom", fontsize=7)
+                ha="center", va="bottom")
         ax.set_title(f"epoch {epoch}")
         ax.set_xlabel("EMA length σrel (log)")
     if log_y:

@@ -13,6 +13,7 @@ Each figure is None when its columns are absent, and the report then says so.
 from __future__ import annotations
 
 import re
+import textwrap
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -91,7 +92,7 @@ def heldout_figure(long: pd.DataFrame) -> Figure | None:
         ax_gap.axhline(0, color="grey", lw=0.8)
         ax_gap.set_title(f"{model_name(model)}: gap = held-out - training")
         ax_gap.set_ylabel("loss gap")
-        ax_gap.legend(frameon=False, fontsize=6)
+        ax_gap.legend(frameon=False)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
     return fig
@@ -128,6 +129,6 @@ def memorization_figure(memo: pd.DataFrame, title: str) -> Figure | None:
                 color=series_colour(series), label=f"{series} {variant}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("generated images that copy a training image (%)")
-    ax.set_title(title, fontsize=7)
-    ax.legend(frameon=False, fontsize=6, ncol=2)
+    ax.set_title(textwrap.fill(title, 60))
+    ax.legend(frameon=False, ncol=2)
     return fig
