@@ -31,6 +31,9 @@ PAPER_RC = {
     "savefig.dpi": 300,
 }
 STYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+FID_SCALES = ("auto", "log", "linear")
+LOG_RATIO = 5.0  # fid_scale=auto: log axis when the largest plotted FID is > 5x the smallest
 
 
 def _paper(build: Callable) -> Callable:
@@ -63,9 +66,11 @@ def _band(ax, x, mean, std, colour: str, style: str, label: str | None = None) -
     ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
 
 
-def _fid_curve(ax, rows: pd.DataFrame, colour: str, style: str) -> None:
+def _fid_curve(ax, rows: pd.DataFrame, colour: str, style: str, star_dx: float = 0.0) -> None:
     """Seed-mean FID by epoch; hollow markers where the EMA was mostly initial weights; a
-    star on the best (lowest seed-mean) epoch."""
+    star on the best (lowest seed-mean) epoch, shifted by ``star_dx`` epochs so that the
+    stars of curves that are best at one epoch do not cover each other (raw filled, EMA
+    hollow with a thick edge)."""
     if rows.empty:
         return
     x, y, low = rows["epoch"], rows["mean"], rows["share_low"].astype(bool)
@@ -74,8 +79,36 @@ def _fid_curve(ax, rows: pd.DataFrame, colour: str, style: str) -> None:
     ax.scatter(x[low], y[low], s=16, facecolors="white", edgecolors=colour, linewidths=1,
                zorder=4)
     best = rows.loc[y.idxmin()]
-    ax.scatter([best["epoch"]], [best["mean"]], marker="*", s=80, color=colour,
-               edgecolors="black", linewidths=0.6, zorder=5)
+    raw = style == "-"
+    ax.scatter([best["epoch"] + star_dx], [best["mean"]], marker="*", s=90,
+               facecolors=colour if raw else "white", edgecolors="black" if raw else colour,
+               linewidths=0.6 if raw else 1.4, zorder=5)
+
+
+def star_shifts(best_epochs: Sequence[float], epochs: Sequence[float]) -> list[float]:
+    """x shifts (in epochs) of best-epoch stars: curves whose best epoch is shared are spread
+    over 0.4 of the epoch spacing, so no star covers another; a star alone stays put."""
+    ordered = sorted(set(epochs))
+    gap = min((b - a for a, b in zip(ordered, ordered[1:])), default=1.0)
+    shifts = [0.0] * len(best_epochs)
+    for epoch in set(best_epochs):
+        sharing = [i for i, e in enumerate(best_epochs) if e == epoch]
+        width = 0.4 * gap / len(sharing)
+        for k, i in enumerate(sharing):
+            shifts[i] = (k - (len(sharing) - 1) / 2) * width
+    return shifts
+
+
+def fid_log_scale(summary: pd.DataFrame, scale: str = "auto") -> bool:
+    """Log y axis? ``log`` / ``linear`` force it; ``auto``: when the plotted FIDs span more
+    than LOG_RATIO x (early epochs dwarf the late differences on a linear axis)."""
+    if scale not in FID_SCALES:
+        raise ValueError(f"fid_scale={scale!r}: choose from {list(FID_SCALES)}")
+    values = summary["mean"].dropna() if "mean" in summary else pd.Series(dtype=float)
+    if scale != "auto":
+        return scale == "log" and bool((values > 0).all())
+    values = values[values > 0]
+    return len(values) > 1 and values.max() / values.min() > LOG_RATIO
 
 
 def _fid_legend(series: Sequence[str], summary: pd.DataFrame) -> list:
@@ -83,7 +116,9 @@ def _fid_legend(series: Sequence[str], summary: pd.DataFrame) -> list:
     handles += [Line2D([], [], color="black", ls="-", label="raw weights"),
                 Line2D([], [], color="black", ls="--", label="EMA weights"),
                 Line2D([], [], color="grey", marker="*", ms=9, ls="", mec="black",
-                       label="best epoch")]
+                       label="best epoch, raw"),
+                Line2D([], [], color="grey", marker="*", ms=9, ls="", mfc="white",
+                       mec="grey", mew=1.4, label="best epoch, EMA")]
     if (summary["n"] > 1).any():
         handles.append(Patch(color="grey", alpha=0.3, label=f"± std over {_seed_words(summary)}"))
     if summary["share_low"].any():
@@ -105,9 +140,10 @@ def _seed_words(summary: pd.DataFrame) -> str:
 
 
 @_paper
-def fid_figure(summary: pd.DataFrame, title: str) -> Figure:
+def fid_figure(summary: pd.DataFrame, title: str, scale: str = "auto") -> Figure:
     """FID vs epoch of one protocol: one panel per averaged weight set (EMA decay), each with
-    every series' raw curve (solid) and that weight set's curve (dashed)."""
+    every series' raw curve (solid) and that weight set's curve (dashed); y axis log or
+    linear by ``scale`` (`fid_log_scale`)."""
     panels = variants(summary) or [None]
     ncols = min(len(panels), 2)
     nrows = math.ceil(len(panels) / ncols)
@@ -116,17 +152,22 @@ def fid_figure(summary: pd.DataFrame, title: str) -> Figure:
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
     series = list(summary["series"].drop_duplicates())
     for ax, variant in zip(axes, panels, strict=False):
-        for name in series:
-            rows = summary[summary["series"] == name]
-            _fid_curve(ax, rows[rows["variant"] == "raw"], series_colour(name), "-")
-            if variant is not None:
-                _fid_curve(ax, rows[rows["variant"] == variant], series_colour(name), "--")
+        curves = [(rows[rows["variant"] == v], series_colour(name), style)
+                  for name in series for rows in [summary[summary["series"] == name]]
+                  for v, style in [("raw", "-"), (variant, "--")] if v is not None]
+        curves = [c for c in curves if not c[0].empty]
+        best = [c[0].loc[c[0]["mean"].idxmin(), "epoch"] for c in curves]
+        for (rows, colour, style), dx in zip(curves, star_shifts(best, summary["epoch"])):
+            _fid_curve(ax, rows, colour, style, dx)
         ax.set_title(variant or "raw weights (no EMA rows)")
         ax.set_xlabel("epoch")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    log = fid_log_scale(summary, scale)
     for ax in axes[::ncols]:
-        ax.set_ylabel("FID (lower is better)")
+        ax.set_ylabel("FID (lower is better" + (", log scale)" if log else ")"))
+    if log:
+        axes[0].set_yscale("log")  # shared y: every panel follows
     fig.suptitle(textwrap.fill(title, 70 if ncols > 1 else 45))
     fig.legend(handles=_fid_legend(series, summary), loc="outside lower center",
                ncol=2 if ncols == 1 else 4, frameon=False)
@@ -170,71 +211,102 @@ def prc_figure(summary: pd.DataFrame, title: str) -> Figure | None:
     return fig
 
 
+LOSS_NOTES = {
+    "baseline": "loss = MSE of ε",
+    "lift": "loss = loss_64 + loss_32 (two scales summed)",
+}
+DELTA_LABELS = {
+    "ema_rel_rms_delta": "relative RMS distance EMA−raw",
+    "ema_rms_delta": "RMS distance EMA−raw",
+    "ema_mean_abs_delta": "mean |EMA−raw|",
+}
+
+
+def _seed_count(frame: pd.DataFrame) -> int:
+    """Most training seeds behind one curve."""
+    return int(frame.groupby("model")["seed"].nunique().max()) if len(frame) else 0
+
+
 @_paper
 def training_figure(metrics: pd.DataFrame) -> Figure | None:
-    """Training loss vs epoch per model (LIFT also loss_64 dashed, loss_32 dotted); mean
-    and ±std over seeds. None when no run logged a loss."""
+    """Training loss vs epoch, one panel per model: the models' losses are different sums
+    (LIFT adds its two scales), so one axis would invite a comparison that means nothing.
+    LIFT also shows loss_64 dashed and loss_32 dotted; mean and ±std over seeds (said only
+    with several seeds). None when no run logged a loss."""
     if metrics.empty or "loss" not in metrics:
         return None
     # Runs differing only in EMA decay trained the same network: count each seed once.
     train = metrics.drop_duplicates(["model", "seed", "dataset", "image_size", "epoch"])
     several = train[["dataset", "image_size"]].drop_duplicates().shape[0] > 1
-    fig = Figure(figsize=(ONE_COLUMN, 2.6), layout="constrained")
-    ax = fig.add_subplot()
-    for (model, dataset, size), part in train.groupby(["model", "dataset", "image_size"]):
-        for column, style in [("loss", "-"), ("loss_64", "--"), ("loss_32", ":")]:
-            if column not in part or part[column].isna().all():
-                continue
-            stats = part.groupby("epoch")[column].agg(["mean", "std"])
-            label = f"{model_name(model)} {column}" + (f" ({dataset} {size}px)" if several else "")
-            _band(ax, stats.index, stats["mean"], stats["std"], model_colour(model), style,
-                  label)
-    if (train["loss"].dropna() > 0).all():
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (MSE)")
-    ax.set_title("Training loss (mean ± std over seeds)")
-    ax.legend(frameon=False)
+    models = list(train["model"].drop_duplicates())
+    fig = Figure(figsize=(ONE_COLUMN if len(models) == 1 else TWO_COLUMN, 2.6),
+                 layout="constrained")
+    axes = fig.subplots(1, len(models), squeeze=False).ravel()
+    for ax, model in zip(axes, models, strict=True):
+        rows = train[train["model"] == model]
+        for (dataset, size), part in rows.groupby(["dataset", "image_size"]):
+            for column, style in [("loss", "-"), ("loss_64", "--"), ("loss_32", ":")]:
+                if column not in part or part[column].isna().all():
+                    continue
+                stats = part.groupby("epoch")[column].agg(["mean", "std"])
+                label = column + (f" ({dataset} {size}px)" if several else "")
+                _band(ax, stats.index, stats["mean"], stats["std"], model_colour(model),
+                      style, label)
+        if (rows["loss"].dropna() > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{model_name(model)}: {LOSS_NOTES.get(model, 'loss')}")
+        ax.legend(frameon=False)
+    axes[0].set_ylabel("training loss (MSE)")
+    seeds = _seed_count(train)
+    title = "Training loss" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else "")
+    if len(models) > 1:
+        title += ": panels not comparable (different losses)"
+    fig.suptitle(title)
     return fig
 
 
 @_paper
 def ema_figure(ema: pd.DataFrame) -> Figure | None:
-    """EMA diagnostics vs optimizer step (``load.ema_diagnostics`` frame): how far the EMA is
-    from the raw weights, and its post-init share 1 - decay^steps with the 0.5 line below
-    which the EMA is still mostly its initial weights. None without diagnostics."""
+    """EMA diagnostics vs epoch (``load.ema_diagnostics`` frame), one row of panels per model
+    (the models' share curves coincide and would hide each other): how far the EMA is from
+    the raw weights, and its post-init share 1 - decay^steps with the 0.5 line below which
+    the EMA is still mostly its initial weights. None without diagnostics."""
     if ema.empty:
         return None
     quantities = set(ema["quantity"])
-    delta = next((q for q in ("ema_rel_rms_delta", "ema_rms_delta", "ema_mean_abs_delta")
-                  if q in quantities), None)
-    fig = Figure(figsize=(TWO_COLUMN, 2.6), layout="constrained")
-    ax_delta, ax_share = fig.subplots(1, 2)
+    delta = next((q for q in DELTA_LABELS if q in quantities), None)
+    models = list(ema["model"].drop_duplicates())
+    fig = Figure(figsize=(TWO_COLUMN, 1.2 + 1.9 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), 2, squeeze=False, sharex=True)
     decays = sorted(ema["decay"].unique(), reverse=True)
     several = ema[["dataset", "image_size"]].drop_duplicates().shape[0] > 1
-    for (model, decay, dataset, size), part in ema.groupby(
-        ["model", "decay", "dataset", "image_size"]
-    ):
-        label = f"{model_name(model)} EMA {decay:.10g}" + (f" ({dataset} {size}px)"
-                                                           if several else "")
-        style = STYLES[decays.index(decay) % len(STYLES)]
-        for ax, quantity in [(ax_delta, delta), (ax_share, "ema_share")]:
-            stats = part[part["quantity"] == quantity].groupby("step")["value"]
-            stats = stats.agg(["mean", "std"])
-            if not stats.empty:
-                _band(ax, stats.index, stats["mean"], stats["std"], model_colour(model), style,
-                      label)
-    if delta is not None:
-        ax_delta.set_yscale("log")
-        ax_delta.set_ylabel(delta.removeprefix("ema_").replace("_", " "))
-    ax_delta.set_title("Raw vs EMA weights")
-    ax_share.axhline(0.5, color="grey", ls=":", lw=1, label="0.5: half initial weights")
-    ax_share.set_ylim(0, 1.02)
-    ax_share.set_ylabel("post-init share 1 - decay^steps")
-    ax_share.set_title("EMA share of trained weights")
-    for ax in (ax_delta, ax_share):
-        ax.set_xlabel("optimizer step")
-    ax_share.legend(frameon=False, loc="lower right")
+    for (ax_delta, ax_share), model in zip(axes, models, strict=True):
+        for (decay, dataset, size), part in ema[ema["model"] == model].groupby(
+            ["decay", "dataset", "image_size"]
+        ):
+            label = f"EMA {decay:.10g}" + (f" ({dataset} {size}px)" if several else "")
+            i = decays.index(decay)
+            for ax, quantity in [(ax_delta, delta), (ax_share, "ema_share")]:
+                stats = part[part["quantity"] == quantity].groupby("epoch")["value"]
+                stats = stats.agg(["mean", "std"])
+                if stats.empty:
+                    continue
+                _band(ax, stats.index, stats["mean"], stats["std"], model_colour(model),
+                      STYLES[i % len(STYLES)], label)
+                ax.scatter(stats.index, stats["mean"], s=9, marker=MARKERS[i % len(MARKERS)],
+                           color=model_colour(model), zorder=3)
+        if delta is not None:
+            ax_delta.set_yscale("log")
+            ax_delta.set_ylabel(DELTA_LABELS[delta])
+        ax_delta.set_title(f"{model_name(model)}: distance of EMA from raw weights")
+        ax_share.axhline(0.5, color="grey", ls=":", lw=1, label="0.5: half initial weights")
+        ax_share.set_ylim(0, 1.02)
+        ax_share.set_ylabel("post-init share\n1 - decay^steps")
+        ax_share.set_title(f"{model_name(model)}: EMA share of trained weights")
+        ax_share.legend(frameon=False, loc="lower right")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
     return fig
 
 

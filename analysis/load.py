@@ -99,6 +99,13 @@ def series_rank(label: str) -> tuple[int, str]:
     return (SERIES_ORDER.index(label), "") if label in SERIES_ORDER else (len(SERIES), label)
 
 
+def dataset_label(dataset, image_size) -> str:
+    """"afhqv2 64px", but "shapes-s0-n512-16px" alone: a generated set's name already says its
+    size, and saying it twice reads as two different numbers."""
+    size = "?" if pd.isna(image_size) else f"{int(image_size)}px"
+    return str(dataset) if str(dataset).endswith(size) else f"{dataset} {size}"
+
+
 def protocol_label(row: pd.Series) -> str:
     """Human-readable protocol, e.g. "afhqv2 64px · 15803 images · 18 steps · inception-v3 ·
     study schedule, final step study · real subset seed 42"."""
@@ -110,7 +117,7 @@ def protocol_label(row: pd.Series) -> str:
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
     return (
-        f"{text('dataset')} {text('image_size')}px · {text('num_images')} images · "
+        f"{dataset_label(text('dataset'), row['image_size'])} · {text('num_images')} images · "
         f"{text('num_steps')} steps · {text('extractor')} · {text('schedule')} schedule, "
         f"final step {text('final_step')} · real subset seed {text('subset_seed')}"
     )
@@ -120,7 +127,8 @@ def training_group(info: dict) -> str:
     """Label of the runs that differ only in seed (the protocol is added per eval row)."""
     decay = info.get("ema_decay")
     ema = "no EMA" if decay is None or pd.isna(decay) else f"EMA {fmt_value(decay)}"
-    return f"{model_name(info['model'])}, {ema}, {info['dataset']} {info['image_size']}px"
+    data = dataset_label(info["dataset"], info["image_size"])
+    return f"{model_name(info['model'])}, {ema}, {data}"
 
 
 def _read_run_info(run_dir: Path) -> dict:
@@ -273,6 +281,8 @@ def ema_diagnostics(metrics: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for column in metrics.columns:
         if not column.startswith("ema_") or column in _NOT_EMA_DIAGNOSTICS:
+            continue
+        if "loss" in column:  # held-out losses of the EMA (explore.heldout): their own figure
             continue
         quantity, _, arg = column.partition("@")
         decay = float(arg) if arg else metrics["ema_decay"]

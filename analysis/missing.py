@@ -1,10 +1,13 @@
 """What a study lacks, as sentences: the report lists them instead of papering over them.
 
-Checked: runs not evaluated (or only partly), runs without training metrics, eval rows
-without a FID, series without EMA rows, epochs evaluated for one model and not the other,
-weight sets evaluated at fewer epochs or (training or sampling) seeds than their series, and
-EMA rows whose EMA was still mostly its initial weights (their FID says little about training;
-seed 004).
+`find_missing` (data that is not there): runs not evaluated (or only partly), runs without
+training metrics, eval rows without a FID, series without EMA rows, epochs evaluated for one
+model and not the other, weight sets evaluated at fewer epochs or (training or sampling) seeds
+than their series.
+
+`find_warnings` (data that is there but reads with care): EMA rows whose EMA was still mostly
+its initial weights (their FID says little about training; seed 004). Kept apart from the
+missing pieces so that "Missing" in the report means missing.
 """
 
 from __future__ import annotations
@@ -101,21 +104,41 @@ def _weight_set_messages(part: pd.DataFrame) -> list[str]:
                 for lacking, epochs in gaps.items():
                     messages.append(f"{name}: {_epochs(epochs)} averaged without sampling "
                                     f"seed(s) {', '.join(map(str, lacking))}")
+    return messages
+
+
+def _share_warnings(part: pd.DataFrame) -> list[str]:
+    """Per series and weight set: the epochs whose EMA was still mostly initial weights."""
+    messages = []
+    for series, rows in part.groupby("series", sort=False):
+        for variant, sub in rows.groupby("variant", sort=False):
             low = sub[sub["share_low"]]
-            if not low.empty:
-                share = low["share_min"].min()
-                share = "" if pd.isna(share) else f" (lowest post-init share {share:.2f})"
-                messages.append(f"{name}: "
-                                + LOW_SHARE.format(where=_epochs(low["epoch"]), share=share))
+            if low.empty:
+                continue
+            share = low["share_min"].min()
+            share = "" if pd.isna(share) else f" (lowest post-init share {share:.2f})"
+            messages.append(f"{series} {variant}: "
+                            + LOW_SHARE.format(where=_epochs(low["epoch"]), share=share))
+    return messages
+
+
+def _per_protocol(summary: pd.DataFrame, check) -> list[str]:
+    """``check(part)`` of every protocol's rows, protocol-tagged when there are several."""
+    messages = []
+    protocols = list(summary["protocol"].drop_duplicates())
+    for protocol in protocols:
+        part = summary[summary["protocol"] == protocol]
+        tag = f"[{protocol}] " if len(protocols) > 1 else ""
+        messages += [tag + m for m in check(part)]
     return messages
 
 
 def find_missing(study: Study, summary: pd.DataFrame) -> list[str]:
     """Every missing piece of a study, one sentence each; protocol-tagged when several."""
-    messages = _run_messages(study)
-    protocols = list(summary["protocol"].drop_duplicates())
-    for protocol in protocols:
-        part = summary[summary["protocol"] == protocol]
-        tag = f"[{protocol}] " if len(protocols) > 1 else ""
-        messages += [tag + m for m in _coverage_messages(part) + _weight_set_messages(part)]
-    return messages
+    return _run_messages(study) + _per_protocol(
+        summary, lambda part: _coverage_messages(part) + _weight_set_messages(part))
+
+
+def find_warnings(summary: pd.DataFrame) -> list[str]:
+    """What is measured but reads with care (EMA mostly initial weights), one sentence each."""
+    return _per_protocol(summary, _share_warnings)

@@ -19,9 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from explore.errors import UserError
 
-from .figures import ema_figure, fid_figure, prc_figure, save_figure, training_figure
-from .load import Study, dedupe_networks, ema_diagnostics, fmt_value, load_study
-from .missing import find_missing
+from . import ema_length as length
+from .figures import (
+    FID_SCALES,
+    ema_figure,
+    fid_figure,
+    prc_figure,
+    save_figure,
+    training_figure,
+)
+from .header import protocol_header, runs_table, seeds_text
+from .html import write_html
+from .load import Study, dedupe_networks, ema_diagnostics, load_study
+from .missing import find_missing, find_warnings
+from .overfitting import heldout_figure, heldout_frame, memorization_figure, memorization_summary
+from .samples import samples_section
 from .stats import Interval
 from .tables import (
     GAIN_COLUMN,
@@ -41,14 +53,10 @@ from .tables import (
 log = logging.getLogger("analysis.report")
 
 REPORT_FILE = "report.md"
-SCHEDULES = {
-    "study": "study: cosine, betas clipped to [1e-4, 0.02] (the original's)",
-    "cosine": "cosine: betas clipped at 0.999 only (not the original's)",
-}
-FINAL_STEPS = {
-    "study": "0 -> 0, returns its input (the original's)",
-    "alpha_one": "0 -> alpha_bar 1, the clipped x0 prediction (not the original's)",
-}
+TITLE = "Baseline vs LIFT EMA study: report"
+# formats= entries that are documents, not figure files: report.md is always written, "html"
+# adds report.html (its figures embedded as PNG)
+DOCUMENT_FORMATS = ("md", "html")
 SPLIT_NOTE = (
     "FID moves with the feature extractor, the number of images and the number of sampling "
     "steps (STUDY.md: 15+ points between 10k and 15.8k samples), so rows made under different "
@@ -62,14 +70,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
-def _seeds(values: Iterable) -> str:
-    """"0, 1, 2" from seeds, or from tuples of seeds (a summary's ``seeds`` column)."""
-    flat = {int(s) for v in values for s in (v if isinstance(v, tuple) else (v,))}
-    return ", ".join(map(str, sorted(flat)))
-
-
 class FormatError(UserError, ValueError):
-    """A figure format matplotlib cannot write."""
+    """A format neither matplotlib can write nor a document format (md, html)."""
 
 
 def _figure_links(paths: Sequence[Path], out: Path, caption: str) -> list[str]:
@@ -88,99 +90,6 @@ def _file_links(paths: Sequence[Path], out: Path) -> str:
 
 def _save(fig: Figure | None, stem: Path, formats: Sequence[str]) -> list[Path]:
     return [] if fig is None else save_figure(fig, stem, formats)
-
-
-def _real_images(first: pd.Series, runs: pd.DataFrame) -> str:
-    """"512 generated per sampling seed vs 512 real: a random subset of the 2048 training
-    images (subset seed 42), the same for every row" (or "all N training images")."""
-    n = int(first["num_images"])
-    train = runs["num_images"].dropna()
-    train = int(train.iloc[0]) if len(train) and train.nunique() == 1 else None
-    real = int(first["num_real"]) if pd.notna(first.get("num_real")) else (
-        min(n, train) if train else None)
-    head = f"{n} generated per sampling seed vs {real if real is not None else '?'} real: "
-    if train is None:
-        return head + "training images (training set size unknown)"
-    if real is not None and real >= train:
-        return head + f"all {train} training images"
-    seed = first.get("subset_seed")
-    seed = f"subset seed {int(seed)}" if pd.notna(seed) else "subset seed unknown"
-    return (head + f"a random subset of the {train} training images ({seed}, eval.subset_seed"
-            "), the same for every row and sampling seed")
-
-
-def _metrics_fact(rows: pd.DataFrame) -> str:
-    measured = ["FID"]
-    if rows["kid"].notna().any():
-        n = int(rows["num_images"].iloc[0])
-        size = min(1000, n, int(rows["num_real"].min()) if rows["num_real"].notna().any() else n)
-        measured.append(f"KID (×10³ in tables; polynomial kernel, unbiased, mean over 100 "
-                        f"subsets of {size} images" + (": the whole set, one subset"
-                                                       if size >= n else "") + ")")
-    if rows["precision"].notna().any():
-        measured.append("precision and recall (Kynkäänniemi et al. 2019, k = 3 nearest "
-                        "neighbours)")
-    return "; ".join(measured) + ", all from the same features of each row's images"
-
-
-def _uncertainty_fact(summary: pd.DataFrame) -> str:
-    several_train = (summary["seeds"].map(len) > 1).any()
-    several_sample = (summary["sample_seeds"].map(len) > 1).any()
-    spread = ("std over training seeds, each the mean of its sampling seeds" if several_train
-              else "std over sampling seeds" if several_sample else "none (one seed)")
-    boot = summary["boots"].map(len).gt(0).any()
-    interval = ("t-interval over training seeds" if several_train else
-                "t-interval over sampling seeds" if several_sample else
-                "percentile bootstrap over the generated images' features" if boot else
-                "none (one seed, no bootstrap replicates)")
-    return (f"± = {spread}; n = seeds averaged. {GAIN_COLUMN} = paired difference per "
-            f"(checkpoint, seed), 95% interval: {interval}; {SIGNIFICANT_MARK} = the interval "
-            "excludes 0")
-
-
-def _protocol_header(study: Study, protocol: str, summary: pd.DataFrame) -> list[str]:
-    """What every number of a protocol section was made with."""
-    rows = study.fid[study.fid["protocol"] == protocol]
-    first = rows.iloc[0]
-    runs = study.runs[study.runs["run"].isin(rows["run"])]
-    seeds = "; ".join(f"{series}: {_seeds(part['seeds'])}"
-                      for series, part in summary.groupby("series", sort=False))
-    sample_seeds = "; ".join(f"{series}: {_seeds(part['sample_seeds'])}"
-                             for series, part in summary.groupby("series", sort=False))
-    decays = sorted(summary["decay"].dropna().unique(), reverse=True)
-    training = "; ".join(
-        f"{e} epochs x {s} steps, batch {b}"
-        for e, s, b in runs[["epochs", "steps_per_epoch", "batch_size"]].drop_duplicates()
-        .itertuples(index=False)
-    )
-    phema = [v for v in variants(summary) if v.startswith("post-hoc")]
-    facts = [
-        ("Dataset", first["dataset"]),
-        ("Image size", f"{first['image_size']}x{first['image_size']}"),
-        ("Images", _real_images(first, runs)),
-        ("Sampling steps", f"{first['num_steps']:.0f}"),
-        ("Noise schedule", SCHEDULES.get(first["schedule"], first["schedule"])),
-        ("Final DDIM step", FINAL_STEPS.get(first["final_step"], first["final_step"])),
-        ("Feature extractor", first["extractor"]),
-        ("Metrics", _metrics_fact(rows)),
-        ("Training seeds", seeds),
-        ("Sampling seeds", sample_seeds),
-        ("Uncertainty", _uncertainty_fact(summary)),
-        ("EMA decays", ", ".join(fmt_value(d) for d in decays) or "none evaluated"),
-        ("Post-hoc EMA", ", ".join(phema) or "none evaluated"),
-        ("Training", training),
-    ]
-    return ["| Protocol | |", "|:---|:---|", *(f"| {k} | {v} |" for k, v in facts), ""]
-
-
-def _runs_table(runs: pd.DataFrame) -> list[str]:
-    """Runs grouped by everything but the seed (model, EMA decay, dataset, image size)."""
-    lines = ["| Group (runs differing only in seed) | Seeds | Runs | Evaluated |",
-             "|:---|:---|---:|---:|"]
-    for group, part in runs.groupby("group", sort=False):
-        evaluated = int((part["eval_rows"] > 0).sum())
-        lines.append(f"| {group} | {_seeds(part['seed'])} | {len(part)} | {evaluated} |")
-    return lines + [""]
 
 
 def _gain_text(gain: Interval | None) -> str:
@@ -224,8 +133,8 @@ def _results_notes(table: pd.DataFrame, summary: pd.DataFrame, variant: str | No
         f"Final epoch (last evaluated): {finals}.",
     ]
     for series, part in summary.groupby("series", sort=False):
-        raw = _seeds(part.loc[part["variant"] == "raw", "seeds"])
-        ema = _seeds(part.loc[part["variant"] == variant, "seeds"])
+        raw = seeds_text(part.loc[part["variant"] == "raw", "seeds"])
+        ema = seeds_text(part.loc[part["variant"] == variant, "seeds"])
         if raw and ema and raw != ema:
             notes.append(f"{series}: Without EMA averages seeds {raw}, With EMA seeds {ema}: "
                          f"{GAIN_COLUMN} pairs only the seeds both have.")
@@ -246,13 +155,13 @@ def _print_table(title: str, table: pd.DataFrame) -> None:
 
 def _protocol_section(
     study: Study, summary: pd.DataFrame, protocol: str, out: Path, folder: Path,
-    formats: Sequence[str], several: bool,
+    formats: Sequence[str], several: bool, fid_scale: str = "auto",
 ) -> list[str]:
     """Tables and FID figure of one protocol, written under ``folder``; its report lines."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"## FID protocol: {protocol}", ""]
     lines += [f"> {SPLIT_NOTE}", ""] if several else []
-    lines += _protocol_header(study, protocol, summary)
+    lines += protocol_header(study, protocol, summary)
     for variant in variants(summary) or [None]:
         title = f"Results: {variant}" if variant else "Results (no EMA rows)"
         table = results_table(summary, variant)
@@ -267,10 +176,14 @@ def _protocol_section(
     files = write_table(by_epoch, folder / "fid_by_epoch")
     _print_table(f"Metrics by epoch [{protocol}]", by_epoch)
     summary.drop(columns=["units", "boots"]).assign(
-        seeds=summary["seeds"].map(_seeds), sample_seeds=summary["sample_seeds"].map(_seeds)
+        seeds=summary["seeds"].map(seeds_text), sample_seeds=summary["sample_seeds"].map(seeds_text)
     ).to_csv(folder / "fid_summary.csv", index=False)
     fid_columns = [c for c in by_epoch.columns if not c.endswith(_OTHER_SUFFIXES)]
     lines += ["### FID by epoch", "", to_markdown(by_epoch[fid_columns]), ""]
+    if by_epoch.apply(lambda col: col.astype(str).str.contains(LOW_MARK)).any().any():
+        lines += [f"{LOW_MARK} EMA still mostly its initial weights at that epoch (post-init "
+                  "share 1 - decay^steps below 0.5, in at least one seed): that FID reflects "
+                  "the initialisation more than training (see Warnings).", ""]
     if len(fid_columns) < len(by_epoch.columns):
         lines += ["### KID, precision and recall by epoch", "",
                   "KID: like FID, lower is better. Precision: share of generated images that "
@@ -284,25 +197,98 @@ def _protocol_section(
             part = by_epoch[list(names)].rename(columns=names)
             lines += [f"**{suffix.strip()}**", "", to_markdown(part), ""]
     lines += [_file_links(files + [folder / "fid_summary.csv"], out), ""]
-    figure = _save(fid_figure(summary, f"FID vs epoch · {protocol}"), folder / "fid_vs_epoch",
-                   formats)
+    figure = _save(fid_figure(summary, f"FID vs epoch · {protocol}", fid_scale),
+                   folder / "fid_vs_epoch", formats)
     lines += _figure_links(figure, out, "FID vs epoch (raw solid, EMA dashed, ± std over seeds)")
     figure = _save(prc_figure(summary, f"Precision and recall vs epoch · {protocol}"),
                    folder / "prc_vs_epoch", formats)
     lines += _figure_links(figure, out, "Precision and recall vs epoch (raw solid, EMA dashed)")
+    lines += _memorization_lines(study, protocol, out, folder, formats)
+    lines += _length_section(study, summary, protocol, out, folder, formats, fid_scale)
     return lines
 
 
 _OTHER_SUFFIXES = (" KID×10³", " precision", " recall")
 
 
-def _check_formats(formats: Sequence[str]) -> list[str]:
+def _check_formats(formats: Sequence[str]) -> tuple[list[str], bool]:
+    """(figure formats, write report.html?). ``md`` is accepted and means report.md, which is
+    always written; ``html`` needs PNG figures to embed, so png is added when missing."""
     supported = Figure().canvas.get_supported_filetypes()
-    unknown = [f for f in formats if f not in supported]
+    unknown = [f for f in formats if f not in supported and f not in DOCUMENT_FORMATS]
     if unknown:
-        raise FormatError(f"formats: unknown figure format(s) {unknown}; "
-                         f"choose from {sorted(supported)}")
-    return list(formats)
+        raise FormatError(f"formats: unknown format(s) {unknown}; choose figure formats from "
+                          f"{sorted(supported)} and/or documents {list(DOCUMENT_FORMATS)}")
+    figures = [f for f in formats if f not in DOCUMENT_FORMATS]
+    html = "html" in formats
+    if html and "png" not in figures:
+        figures.append("png")
+    return figures, html
+
+
+def _list_section(title: str, messages: list[str], empty: str) -> list[str]:
+    return [f"## {title}", "", *([f"- {m}" for m in messages] or [empty]), ""]
+
+
+def _training_section(study: Study, out: Path, formats: Sequence[str]) -> list[str]:
+    """Training loss, EMA diagnostics and held-out loss figures."""
+    lines = ["## Training", ""]
+    loss = _save(training_figure(study.metrics), out / "training_loss", formats)
+    lines += _figure_links(loss, out, "Training loss vs epoch (one panel per model: "
+                           "LIFT's loss sums its two scales, not comparable with Baseline's)")
+    diagnostics = ema_diagnostics(study.metrics) if not study.metrics.empty else pd.DataFrame()
+    ema = _save(ema_figure(diagnostics), out / "ema_diagnostics", formats)
+    lines += _figure_links(ema, out, "EMA diagnostics vs epoch")
+    if not loss and not ema:
+        lines += ["No training metrics yet: see Missing.", ""]
+    held = heldout_frame(study.metrics) if not study.metrics.empty else pd.DataFrame()
+    lines += ["### Held-out loss", ""]
+    figure = _save(heldout_figure(held), out / "heldout_loss", formats)
+    lines += _figure_links(figure, out, "Held-out and training loss vs epoch, per weight set")
+    if not figure:
+        lines += ["No held-out loss in metrics.csv (loss_holdout): the runs had no held-out "
+                  "images (data.holdout_num or data.holdout_root).", ""]
+    return lines
+
+
+def _length_section(study: Study, summary: pd.DataFrame, protocol: str, out: Path,
+                    folder: Path, formats: Sequence[str], fid_scale: str) -> list[str]:
+    """FID against EMA length, the best length per epoch and its table; [] unless the rows
+    hold more than one EMA length."""
+    if not length.has_several_lengths(summary):
+        return []
+    lengths = length.mark_tracked(length.length_summary(summary, study.fid), study.runs)
+    lines = ["### EMA length", "",
+             "Every averaged weight set on one axis, its EMA length σrel (relative std of its "
+             "averaging profile; for a fixed decay it shrinks as training goes on). Best = the "
+             "lowest seed-mean FID among the averaged weight sets of that epoch.", ""]
+    table = length.length_table(lengths)
+    if not table.empty:
+        files = write_table(table, folder / "ema_length")
+        _print_table(f"EMA length [{protocol}]", table)
+        lines += [to_markdown(table), "", _file_links(files, out), ""]
+    figure = _save(length.fid_length_figure(lengths, f"FID vs EMA length · {protocol}",
+                                            fid_scale), folder / "fid_vs_ema_length", formats)
+    lines += _figure_links(figure, out, "FID vs EMA length σrel (raw at the left edge, best "
+                           "length starred, fixed decay dotted)")
+    figure = _save(length.best_length_figure(length.best_lengths(lengths)),
+                   folder / "best_ema_length", formats)
+    lines += _figure_links(figure, out, "Best EMA length vs epoch")
+    return lines
+
+
+def _memorization_lines(study: Study, protocol: str, out: Path, folder: Path,
+                        formats: Sequence[str]) -> list[str]:
+    memo = memorization_summary(study.fid)
+    memo = memo[memo["protocol"] == protocol] if not memo.empty else memo
+    figure = _save(memorization_figure(memo, f"Memorisation vs epoch · {protocol}"),
+                   folder / "memorization_vs_epoch", formats)
+    lines = ["### Memorisation", ""]
+    if not figure:
+        return lines + ["No memorisation rate measured (eval.metrics without memorization).",
+                        ""]
+    return lines + _figure_links(figure, out, "Memorisation rate vs epoch (raw solid, each "
+                                 "averaged weight set its own line style)")
 
 
 def make_report(
@@ -310,15 +296,21 @@ def make_report(
     runs: Iterable[str | Path] | None = None,
     out: str | Path | None = None,
     formats: Sequence[str] = ("png", "pdf"),
+    fid_scale: str = "auto",
 ) -> Path:
     """Write tables, figures and report.md for the runs below ``study_dir`` and/or in
     ``runs``; returns the path of report.md.
 
     ``out`` defaults to ``<study_dir>/report``, or ``outputs/report`` with ``runs`` only.
+    ``formats``: figure file types, plus ``html`` for a self-contained report.html (``md``:
+    report.md, always written). ``fid_scale``: FID axes log, linear or auto (log when the
+    plotted FIDs span more than 5x).
     Missing pieces are listed in report.md and logged as warnings; only finding no run at
     all is an error (NoRunsFoundError, naming the folders searched).
     """
-    formats = _check_formats(formats)
+    formats, html = _check_formats(formats)
+    if fid_scale not in FID_SCALES:
+        raise FormatError(f"fid_scale={fid_scale!r}: choose from {list(FID_SCALES)}")
     study = load_study(study_dir, runs)
     if out is None:
         out = Path(study_dir) / "report" if study_dir else Path("outputs/report")
@@ -329,12 +321,15 @@ def make_report(
     missing = find_missing(study, summary)
     for message in missing:
         log.warning("missing: %s", message)
+    warnings = find_warnings(summary)
+    for message in warnings:
+        log.warning("warning: %s", message)
 
     protocols = list(summary["protocol"].drop_duplicates())
     several = len(protocols) > 1
     source = ", ".join(str(p) for p in ([study_dir] if study_dir else []) + list(runs or []))
     lines = [
-        "# Baseline vs LIFT EMA study: report", "",
+        f"# {TITLE}", "",
         f"Made by `python -m analysis.report` from {len(study.runs)} runs in {source} "
         f"({int((study.runs['eval_rows'] > 0).sum())} evaluated).", "",
         "Every FID is read within its protocol (dataset, image size, number of images, "
@@ -342,27 +337,23 @@ def make_report(
     ]
     if several:
         lines += [f"**{len(protocols)} FID protocols.** {SPLIT_NOTE}", ""]
-    lines += ["## Runs", "", *_runs_table(study.runs), "## Missing", ""]
-    lines += [f"- {m}" for m in missing] or ["Nothing missing."]
-    lines += [""]
+    lines += ["## Runs", "", *runs_table(study.runs)]
+    lines += _list_section("Missing", missing, "Nothing missing.")
+    lines += _list_section("Warnings", warnings, "No warnings.")
     for protocol in protocols:
         folder = out / _slug(protocol) if several else out
         part = summary[summary["protocol"] == protocol]
-        lines += _protocol_section(study, part, protocol, out, folder, formats, several)
+        lines += _protocol_section(study, part, protocol, out, folder, formats, several,
+                                   fid_scale)
     if not protocols:
         lines += ["## FID", "", "No FID rows yet: see Missing.", ""]
-
-    lines += ["## Training", ""]
-    loss = _save(training_figure(study.metrics), out / "training_loss", formats)
-    lines += _figure_links(loss, out, "Training loss vs epoch")
-    diagnostics = ema_diagnostics(study.metrics) if not study.metrics.empty else pd.DataFrame()
-    ema = _save(ema_figure(diagnostics), out / "ema_diagnostics", formats)
-    lines += _figure_links(ema, out, "EMA diagnostics vs step")
-    if not loss and not ema:
-        lines += ["No training metrics yet: see Missing.", ""]
+    lines += _training_section(study, out, formats)
+    lines += samples_section(study, out)
 
     report = out / REPORT_FILE
     report.write_text("\n".join(lines))
+    if html:
+        log.info("report: %s", write_html(lines, out, TITLE))
     return report
 
 
@@ -371,7 +362,8 @@ def _run(cfg: DictConfig) -> None:
     runs = cfg.runs
     # runs=outputs/a (one folder, no brackets) arrives as a string, not a list.
     runs = [runs] if isinstance(runs, str) else OmegaConf.to_container(runs) if runs else None
-    report = make_report(cfg.study_dir, runs, cfg.out, tuple(cfg.formats))
+    report = make_report(cfg.study_dir, runs, cfg.out, tuple(cfg.formats),
+                         fid_scale=cfg.get("fid_scale", "auto"))
     log.info("report: %s", report)
 
 

@@ -114,6 +114,29 @@ def _metrics_rows(model: str, seed: int, decays: Sequence[float], epochs: int,
     return pd.DataFrame(rows)
 
 
+def _heldout_rows(metrics: pd.DataFrame, model: str, ema_decays: Sequence[float]) -> dict:
+    """Held-out loss columns (explore.heldout's names): the held-out loss rises after
+    epoch 1000 while the fixed training loss keeps falling; averages sit 0.002 lower."""
+    epoch = metrics["epoch"].to_numpy()
+    train = metrics["loss"].to_numpy() * 0.9
+    held = train + 0.0001 * np.maximum(epoch - 1000, 0) / 100
+    # (prefix, suffix) of each weight set: raw unprefixed, the primary EMA unsuffixed
+    names = [("", "")] + [("ema_", "" if i == 0 else f"@{fmt_value(d)}")
+                          for i, d in enumerate(ema_decays)]
+    out = {}
+    for prefix, suffix in names:
+        shift = 0.002 if prefix else 0.0
+        out.update({f"{prefix}loss_train_fixed{suffix}": train - shift,
+                    f"{prefix}loss_holdout{suffix}": held - shift,
+                    f"{prefix}loss_gap{suffix}": held - train})
+    return out
+
+
+def sigma_rel_of_decay(decay: float, step: int) -> float:
+    """EDM2's sigma_rel of an exponential EMA at a step (explore.ema's formula)."""
+    return float(f"{np.sqrt(decay) / ((1.0 - decay) * step):.3g}")
+
+
 def write_run(
     root: str | Path,
     name: str,
@@ -135,6 +158,8 @@ def write_run(
     metrics_every: int = 50,
     sample_seeds: Sequence[int] | None = None,
     extra: ExtraFn | None = None,
+    heldout: bool = False,
+    tracked_sigma_rels: Sequence[float] = (),
 ) -> Path:
     """Write one run folder (run.json, metrics.csv and, if ``evaluated``, eval/fid.csv).
 
@@ -143,6 +168,9 @@ def write_run(
     row out. ``protocol`` overrides num_images / num_steps / extractor. ``sample_seeds``: one
     row per sampling seed (a ``sample_seed`` column; None: no such column, one row). ``extra``
     adds columns per row. EMA rows have ``lag_epochs`` = 1 / (1 - decay) / steps_per_epoch.
+    ``phema`` rows and EMA rows have ``sigma_rel`` (``sigma_rel_of_decay`` for EMA);
+    ``tracked_sigma_rels`` go to run.json's ema_sigma_rels; ``heldout``: metrics.csv gets the
+    held-out loss columns (``_heldout_rows``).
     """
     run_dir = Path(root) / name
     (run_dir / FID_FILE).parent.mkdir(parents=True, exist_ok=True)
@@ -151,9 +179,12 @@ def write_run(
     info = {"run": name, "model": model, "seed": seed, "ema_decay": primary,
             "ema_decays": list(ema_decays), "dataset": dataset, "image_size": image_size,
             "num_images": train_images, "epochs": max(epochs),
-            "steps_per_epoch": steps_per_epoch, "batch_size": batch_size}
+            "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
+            "ema_sigma_rels": list(tracked_sigma_rels)}
     (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2))
     metrics = _metrics_rows(model, seed, ema_decays, max(epochs), steps_per_epoch, metrics_every)
+    if heldout:
+        metrics = metrics.assign(**_heldout_rows(metrics, model, ema_decays))
     metrics.to_csv(run_dir / METRICS_FILE, index=False)
     if not evaluated:
         return run_dir
@@ -163,7 +194,7 @@ def write_run(
     weight_sets = [("raw", "raw", None)]
     weight_sets += [("ema" if i == 0 else f"ema@{fmt_value(d)}", f"ema@{fmt_value(d)}", d)
                     for i, d in enumerate(ema_decays)]
-    weight_sets += [(f"phema@{s:.2f}", f"phema@{fmt_value(s)}", None) for s in phema]
+    weight_sets += [(f"phema@{fmt_value(s)}", f"phema@{fmt_value(s)}", None) for s in phema]
     rows = []
     for epoch in epochs:
         step = epoch * steps_per_epoch
@@ -182,6 +213,9 @@ def write_run(
                            "ema_share_low": None if share is None else share < 0.5,
                            "lag_epochs": (1 / (1 - decay) / steps_per_epoch
                                           if decay is not None else None),
+                           "sigma_rel": (sigma_rel_of_decay(decay, step) if decay is not None
+                                         else float(weights_id.split("@")[1])
+                                         if weights_id.startswith("phema@") else None),
                            "seconds": 12.5}
                     if sample_seed is not None:
                         row["sample_seed"] = sample_seed
