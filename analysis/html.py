@@ -26,7 +26,7 @@ body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto;
 h1, h2, h3 { line-height: 1.2; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: .25em .55em; vertical-align: top; }
-th { background: #f3f3f3; } td.num { text-align: right; }
+th { background: #f3f3f3; } td.num { text-align: right; } td.mid { text-align: center; }
 img { max-width: 100%; height: auto; } td img { max-width: 360px; image-rendering: pixelated; }
 blockquote { border-left: 4px solid #e0a000; margin: .6em 0; padding: .2em .8em;
              background: #fff8e6; }
@@ -39,7 +39,6 @@ _INLINE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)"
                      r"|`(?P<code>[^`]+)`")
 
 
-_NUMBER = re.compile(r"^[-+]?\d[\d.]*( |$)|^n/a$")
 
 
 class MissingImageError(FileNotFoundError):
@@ -77,18 +76,19 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def _td(cell: str, base: Path) -> str:
-    """A body cell; numbers ("33.07 ± 0.10", "+1.90 [...]") right-aligned, text left."""
-    numeric = _NUMBER.match(cell) is not None
-    tag = '<td class="num">' if numeric else "<td>"
-    return f"{tag}{_inline(cell, base)}</td>"
+def _align(spec: str) -> str:
+    """The CSS class of a column from its Markdown alignment cell (---: right, :---: centre)."""
+    right, left = spec.endswith(":"), spec.startswith(":")
+    return ' class="num"' if right and not left else ' class="mid"' if right else ""
 
 
 def _table(rows: list[str], base: Path) -> str:
-    """A pipe table: header, alignment row (dropped), body."""
+    """A pipe table: header, alignment row (each column aligned as it says), body."""
     head = "".join(f"<th>{_inline(c, base)}</th>" for c in _cells(rows[0]))
-    body = "".join("<tr>" + "".join(_td(c, base) for c in _cells(r)) + "</tr>"
-                   for r in rows[2:])
+    aligns = [_align(c) for c in _cells(rows[1])] if len(rows) > 1 else []
+    body = "".join("<tr>" + "".join(
+        f"<td{aligns[i] if i < len(aligns) else ''}>{_inline(c, base)}</td>"
+        for i, c in enumerate(_cells(r))) + "</tr>" for r in rows[2:])
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
