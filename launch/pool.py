@@ -186,9 +186,9 @@ class DeviceQueue:
         while time.time() < end and not all(_ended(t) for t in running):
             time.sleep(0.1)
         for t in running:
-            if not _ended(t):  # last resort: the controller did not stop in time
-                with contextlib.suppress(Exception):
-                    t.job._process.kill()
+            if not _ended(t):  # last resort: the controller did not stop in time; its job
+                with contextlib.suppress(Exception):  # processes too, or they run on orphaned
+                    _kill_tree(t.job._process.pid)
         for t in self.tickets:
             if not t.finished:
                 t.state = "cancelled"
@@ -196,6 +196,28 @@ class DeviceQueue:
     @property
     def busy(self) -> bool:
         return any(not t.finished for t in self.tickets)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux /proc; elsewhere none are found)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process below it (found first, then all killed)."""
+    for p in [*_descendants(pid), pid]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, 9)
 
 
 def _ended(t: Ticket) -> bool:

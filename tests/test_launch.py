@@ -314,3 +314,28 @@ def test_ema_length_study_trains_reconstructs_a_sweep_and_evaluates_it(tmp_path,
     assert float(by_name["raw"]["sigma_rel"]) == 0 and float(by_name["ema"]["sigma_rel"]) > 0
     assert "reconstructing post-hoc EMAs" in capsys.readouterr().out
     assert report is not None and report.is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_last_resort_kill_takes_the_job_processes_too():
+    """A controller that ignores the study's interrupt is killed with the processes it started:
+    killing it alone would leave its training or evaluation running, orphaned."""
+    controller = subprocess.Popen(["bash", "-c", "trap '' INT; sleep 60 & sleep 60 & wait"])
+    deadline = time.time() + 10
+    while len(pool._descendants(controller.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    children = pool._descendants(controller.pid)
+    assert len(children) == 2
+
+    def alive(pid):  # a killed child not yet reaped by init is a zombie: dead
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    pool._kill_tree(controller.pid)
+    controller.wait(timeout=5)
+    deadline = time.time() + 5
+    while any(alive(p) for p in children) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in children)
