@@ -25,7 +25,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from explore.runfiles import fmt_value, parse_weights
 
-from .figures import ONE_COLUMN, TWO_COLUMN, _paper, fid_log_scale, series_colour
+from .figures import ONE_COLUMN, TWO_COLUMN, _paper, fid_log_scale, log_axis, series_colour
 from .tables import fmt_count, fmt_fid
 
 AVERAGED = ("ema", "phema")
@@ -187,7 +187,7 @@ def fid_length_figure(lengths: pd.DataFrame, title: str, scale: str = "auto"
         for name in series:
             rows = shown[(shown["series"] == name) & (shown["epoch"] == epoch)]
             _length_panel(ax, rows, x_raw, series_colour(name))
-        ax.set_xscale("log")
+        log_axis(ax, "x")
         ax.set_xlim(x_raw / 1.6, sigmas.max() * 1.6)
         # raw has no length: a shaded strip at the left edge says so
         ax.axvspan(x_raw / 1.6, x_raw * 1.35, color="grey", alpha=0.12, lw=0)
@@ -197,7 +197,7 @@ def fid_length_figure(lengths: pd.DataFrame, title: str, scale: str = "auto"
         ax.set_title(f"epoch {epoch}")
         ax.set_xlabel("EMA length σrel (log)")
     if log_y:
-        axes[0].set_yscale("log")
+        log_axis(axes[0])
     for ax in axes[len(epochs):]:
         ax.set_visible(False)
     for ax in axes[::ncols]:
@@ -218,7 +218,7 @@ def best_length_figure(best: pd.DataFrame) -> Figure | None:
     for name, rows in best.groupby("series", sort=False):
         ax.plot(rows["epoch"], rows["sigma_rel"], "-o", ms=4, color=series_colour(name),
                 label=name)
-    ax.set_yscale("log")
+    log_axis(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("best EMA length σrel (log)")
     ax.set_title("EMA length with the lowest FID")

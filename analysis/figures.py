@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from .load import SERIES_ORDER, model_name
 from .tables import variants
@@ -99,6 +100,17 @@ def star_shifts(best_epochs: Sequence[float], epochs: Sequence[float]) -> list[f
     return shifts
 
 
+def log_axis(ax, which: str = "y") -> None:
+    """A log scale on `ax`'s x or y axis whose ticks read as plain numbers (0.2, 0.5, 1, 2)
+    instead of 2x10^-1: labels at 1, 2 and 5 of each decade."""
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
 def fid_log_scale(summary: pd.DataFrame, scale: str = "auto") -> bool:
     """Log y axis? ``log`` / ``linear`` force it; ``auto``: when the plotted FIDs span more
     than LOG_RATIO x (early epochs dwarf the late differences on a linear axis)."""
@@ -167,7 +179,7 @@ def fid_figure(summary: pd.DataFrame, title: str, scale: str = "auto") -> Figure
     for ax in axes[::ncols]:
         ax.set_ylabel("FID (lower is better" + (", log scale)" if log else ")"))
     if log:
-        axes[0].set_yscale("log")  # shared y: every panel follows
+        log_axis(axes[0])  # shared y: every panel follows
     fig.suptitle(textwrap.fill(title, 70 if ncols > 1 else 45))
     fig.legend(handles=_fid_legend(series, summary), loc="outside lower center",
                ncol=2 if ncols == 1 else 4, frameon=False)
@@ -253,7 +265,7 @@ def training_figure(metrics: pd.DataFrame) -> Figure | None:
                 _band(ax, stats.index, stats["mean"], stats["std"], model_colour(model),
                       style, label)
         if (rows["loss"].dropna() > 0).all():
-            ax.set_yscale("log")
+            log_axis(ax)
         ax.set_xlabel("epoch")
         ax.set_title(f"{model_name(model)}: {LOSS_NOTES.get(model, 'loss')}")
         ax.legend(frameon=False)
@@ -297,7 +309,7 @@ def ema_figure(ema: pd.DataFrame) -> Figure | None:
                 ax.scatter(stats.index, stats["mean"], s=9, marker=MARKERS[i % len(MARKERS)],
                            color=model_colour(model), zorder=3)
         if delta is not None:
-            ax_delta.set_yscale("log")
+            log_axis(ax_delta)
             ax_delta.set_ylabel(DELTA_LABELS[delta])
         ax_delta.set_title(f"{model_name(model)}: distance of EMA from raw weights")
         ax_share.axhline(0.5, color="grey", ls=":", lw=1, label="0.5: half initial weights")
