@@ -84,7 +84,10 @@ def test_a_job_past_its_time_limit_finishes_through_requeues(slurm_cluster, tmp_
     assert done.state == "done", done.note
     restarts = int((done.dir / "logs" / "training.restarts").read_text())
     assert restarts >= 1
-    assert "requeued (" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "requeued (" in out
+    with capsys.disabled():  # the count, for the record (pytest -s or -rP shows it)
+        print(f"\ntraining job requeued {restarts} time(s) before it finished")
     assert report is not None and report.is_file()
     a = load_checkpoint(ref / "checkpoints" / f"epoch_{epochs:04d}.pt")
     b = load_checkpoint(done.dir / "checkpoints" / f"epoch_{epochs:04d}.pt")
