@@ -25,7 +25,15 @@ from matplotlib.transforms import blended_transform_factory
 
 from explore.runfiles import fmt_value, parse_weights
 
-from .figures import ONE_COLUMN, TWO_COLUMN, _paper, fid_log_scale, log_axis, series_colour
+from .figures import (
+    ONE_COLUMN,
+    TWO_COLUMN,
+    _paper,
+    epoch_axis,
+    fid_log_scale,
+    log_axis,
+    series_colour,
+)
 from .tables import fmt_count, fmt_fid
 
 AVERAGED = ("ema", "phema")
@@ -219,7 +227,7 @@ def best_length_figure(best: pd.DataFrame) -> Figure | None:
         ax.plot(rows["epoch"], rows["sigma_rel"], "-o", ms=4, color=series_colour(name),
                 label=name)
     log_axis(ax)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel("best EMA length σrel (log)")
     ax.set_title("EMA length with the lowest FID")
     ax.legend(frameon=False)

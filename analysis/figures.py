@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from .load import SERIES_ORDER, model_name
 from .tables import variants
@@ -100,6 +100,12 @@ def star_shifts(best_epochs: Sequence[float], epochs: Sequence[float]) -> list[f
     return shifts
 
 
+def epoch_axis(ax) -> None:
+    """An x axis of epochs: labelled, whole-number ticks only."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def log_axis(ax, which: str = "y") -> None:
     """A log scale on `ax`'s x or y axis whose ticks read as plain numbers (0.2, 0.5, 1, 2)
     instead of 2x10^-1: labels at 1, 2 and 5 of each decade."""
@@ -172,7 +178,7 @@ def fid_figure(summary: pd.DataFrame, title: str, scale: str = "auto") -> Figure
         for (rows, colour, style), dx in zip(curves, star_shifts(best, summary["epoch"])):
             _fid_curve(ax, rows, colour, style, dx)
         ax.set_title(variant or "raw weights (no EMA rows)")
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     log = fid_log_scale(summary, scale)
@@ -211,7 +217,7 @@ def prc_figure(summary: pd.DataFrame, title: str) -> Figure | None:
                 ax.scatter(rows["epoch"], rows[f"{metric}_mean"], s=8,
                            color=series_colour(name), zorder=3)
         ax.set_title(f"{metric} (higher is better)")
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
     axes[0].set_ylabel("share of images")
     handles = [Line2D([], [], color=series_colour(s), label=s) for s in series]
     handles += [Line2D([], [], color="black", ls=styles[v],
@@ -266,7 +272,7 @@ def training_figure(metrics: pd.DataFrame) -> Figure | None:
                       style, label)
         if (rows["loss"].dropna() > 0).all():
             log_axis(ax)
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.set_title(f"{model_name(model)}: {LOSS_NOTES.get(model, 'loss')}")
         ax.legend(frameon=False)
     axes[0].set_ylabel("training loss (MSE)")
@@ -318,7 +324,7 @@ def ema_figure(ema: pd.DataFrame) -> Figure | None:
         ax_share.set_title(f"{model_name(model)}: EMA share of trained weights")
         ax_share.legend(frameon=False, loc="lower right")
     for ax in axes[-1]:
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
     return fig
 
 

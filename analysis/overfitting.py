@@ -16,11 +16,12 @@ import re
 import textwrap
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from explore.runfiles import fmt_value
 
-from .figures import STYLES, TWO_COLUMN, _paper, model_colour, series_colour
+from .figures import TWO_COLUMN, _paper, epoch_axis, model_colour
 from .load import model_name
 from .tables import variant_rank
 
@@ -94,7 +95,7 @@ def heldout_figure(long: pd.DataFrame) -> Figure | None:
         ax_gap.set_ylabel("loss gap")
         ax_gap.legend(frameon=False)
     for ax in axes[-1]:
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
     return fig
 
 
@@ -114,21 +115,44 @@ def memorization_summary(fid: pd.DataFrame) -> pd.DataFrame:
 
 @_paper
 def memorization_figure(memo: pd.DataFrame, title: str) -> Figure | None:
-    """Memorisation rate (%) against epoch: every series' raw weights solid, each averaged
-    weight set in its own line style. None without memorisation rows."""
+    """Memorisation rate (%) against epoch, one panel per series: raw black, the fixed-decay
+    EMAs in colours, post-hoc lengths shaded from light (short) to dark (long), one legend
+    below for all panels. None without memorisation rows."""
     if memo.empty:
         return None
-    fig = Figure(figsize=(TWO_COLUMN / 1.4, 2.8), layout="constrained")
-    ax = fig.add_subplot()
+    series = list(memo["series"].drop_duplicates())
+    fig = Figure(figsize=(TWO_COLUMN, 2.6), layout="constrained")
+    axes = fig.subplots(1, len(series), squeeze=False, sharey=True)[0]
     order = sorted(memo[["kind", "decay", "variant"]].drop_duplicates().itertuples(index=False),
                    key=lambda r: variant_rank(r.kind, r.decay, r.variant))
-    styles = {r.variant: STYLES[i % len(STYLES)] for i, r in enumerate(order)}
-    for (series, variant), rows in memo.groupby(["series", "variant"], sort=False):
-        rows = rows.sort_values("epoch")
-        ax.plot(rows["epoch"], 100 * rows["mean"], styles[variant], marker=".",
-                color=series_colour(series), label=f"{series} {variant}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("generated images that copy a training image (%)")
-    ax.set_title(textwrap.fill(title, 60))
-    ax.legend(frameon=False, ncol=2)
+    posthoc = [r.variant for r in order if r.kind == "phema"]
+    shades = colormaps["viridis_r"]
+    colours, fixed = {}, 0
+    for r in order:
+        if r.kind == "raw":
+            colours[r.variant] = ("black", "-", 1.6)
+        elif r.kind == "phema":  # light = short, dark = long
+            shade = 0.15 + 0.75 * posthoc.index(r.variant) / max(1, len(posthoc) - 1)
+            colours[r.variant] = (shades(shade), "-", 0.9)
+        else:
+            colours[r.variant] = (f"C{(fixed + 1) % 10}", "--", 1.4)
+            fixed += 1
+    for ax, name in zip(axes, series, strict=True):
+        for r in order:
+            rows = memo[(memo["series"] == name) & (memo["variant"] == r.variant)]
+            if rows.empty:
+                continue
+            rows = rows.sort_values("epoch")
+            colour, style, width = colours[r.variant]
+            ax.plot(rows["epoch"], 100 * rows["mean"], style, marker=".", color=colour,
+                    lw=width, label=r.variant)
+        ax.set_title(name)
+        epoch_axis(ax)
+    axes[0].set_ylabel("generated images copying\na training image (%)")
+    top = 100 * float(memo["mean"].max())
+    axes[0].set_ylim(0, max(1.0, 1.15 * top))  # all zero: a 0-1% axis, not a line at mid-height
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.suptitle(textwrap.fill(title, 90))
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)),
+               frameon=False)
     return fig
