@@ -112,7 +112,7 @@ def protocol_header(study: Study, protocol: str, summary: pd.DataFrame) -> list[
 
 def runs_table(runs: pd.DataFrame) -> list[str]:
     """Runs grouped by everything but the seed (model, EMA decay, dataset, image size)."""
-    lines = ["| Group (runs differing only in seed) | Seeds | Runs | Evaluated |",
+    lines = ["| Group (runs differing only in seed) | Training seeds | Runs | Evaluated |",
              "|:---|:---|---:|---:|"]
     for group, part in runs.groupby("group", sort=False):
         evaluated = int((part["eval_rows"] > 0).sum())

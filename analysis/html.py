@@ -27,6 +27,7 @@ h1, h2, h3 { line-height: 1.2; } h2 { border-bottom: 1px solid #ccc; padding-bot
 table { border-collapse: collapse; margin: .6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: .25em .55em; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; } td.mid { text-align: center; }
+td:first-child { white-space: nowrap; }
 img { max-width: 100%; height: auto; } td img { max-width: 360px; image-rendering: pixelated; }
 blockquote { border-left: 4px solid #e0a000; margin: .6em 0; padding: .2em .8em;
              background: #fff8e6; }

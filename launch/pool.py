@@ -213,11 +213,20 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL `pid` and every process below it (found first, then all killed)."""
-    for p in [*_descendants(pid), pid]:
+def kill_descendants(pid: int) -> int:
+    """SIGKILL every process below `pid` (not `pid` itself); returns how many there were."""
+    found = _descendants(pid)
+    for p in found:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, 9)
+    return len(found)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process below it (found first, then all killed)."""
+    kill_descendants(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, 9)
 
 
 def _ended(t: Ticket) -> bool:

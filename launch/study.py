@@ -15,8 +15,11 @@ study exits non-zero after the others finish; Ctrl-C stops every job.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import logging
+import os
 import signal
 import sys
 import time
@@ -30,7 +33,7 @@ from explore.errors import ConfigError
 from explore.runfiles import RunFolder
 
 from .jobs import EvalJob, PosthocJob, TrainJob
-from .pool import DeviceQueue, Ticket, make_slots
+from .pool import DeviceQueue, Ticket, kill_descendants, make_slots
 
 log = logging.getLogger("launch.study")
 
@@ -265,15 +268,27 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _adopt_orphans() -> None:
+    """Linux: make this study the child subreaper of its jobs, so that a job process whose
+    submitit controller died is re-parented to the study (and stopped with it below) rather
+    than to init, where it would run on unseen."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
 def _run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = list(HydraConfig.get().overrides.task)
     # `kill <pid>` (and a scheduler's SIGTERM) stops the jobs like Ctrl-C does
     signal.signal(signal.SIGTERM, _interrupt)
+    _adopt_orphans()
     try:
         _, runs = run_study(cfg, overrides)
     except KeyboardInterrupt:
+        # `kill -INT <study>` reaches the study alone (Ctrl-C reaches the whole process group):
+        # whatever the controllers left behind goes now, with the study
+        kill_descendants(os.getpid())
         sys.exit(130)
     if any(r.state == "failed" for r in runs):
         sys.exit(1)

@@ -257,7 +257,15 @@ def test_interrupting_the_study_stops_every_job(tmp_path, sig):
         assert time.time() < end and proc.poll() is None, proc.stdout.read()
         time.sleep(0.2)
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # say who is still there: the study, or a job holding its pipe
+        study = "still running" if proc.poll() is None else f"exited {proc.returncode}"
+        ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args"], capture_output=True,
+                            text=True).stdout
+        proc.kill()
+        pytest.fail(f"no end of output 60 s after {sig!r}: study {study}; processes:\n"
+                    + "\n".join(line for line in ps.splitlines() if str(tmp_path) in line))
     assert proc.returncode == 130, out
     assert "every job was stopped" in out
     time.sleep(1)
