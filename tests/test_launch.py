@@ -259,7 +259,7 @@ def test_interrupting_the_study_stops_every_job(tmp_path, sig):
     proc.send_signal(sig)
     try:
         out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:  # say who is still there: the study, or a job holding its pipe
+    except subprocess.TimeoutExpired:  # who is still there: the study, or a job holding its pipe
         study = "still running" if proc.poll() is None else f"exited {proc.returncode}"
         ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args"], capture_output=True,
                             text=True).stdout
