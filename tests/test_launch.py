@@ -249,8 +249,11 @@ def test_interrupting_the_study_stops_every_job(tmp_path, sig):
     cmd = [sys.executable, "-m", "launch.study", *TINY_STUDY, "trainer.epochs=500",
            f"study.out={tmp_path}", f"eval.fid.cache_root={tmp_path / 'fidcache'}",
            "launcher.poll_s=0.2"]
+    # SIGINT as a terminal delivers it: a suite started in the background by a shell without job
+    # control (`(./scripts/test &)`) has SIGINT ignored, and a child inherits an ignored signal
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = [tmp_path / "smoke" / f"{m}-ema0.99-seed0" for m in ("baseline", "lift")]
     end = time.time() + 120
     while not all(list((r / "checkpoints").glob("epoch_*.pt")) for r in runs):  # both training
@@ -261,9 +264,9 @@ def test_interrupting_the_study_stops_every_job(tmp_path, sig):
         out, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:  # who is still there: the study, or a job holding its pipe
         study = "still running" if proc.poll() is None else f"exited {proc.returncode}"
-        ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args"], capture_output=True,
+        ps = subprocess.run(["ps", "-ewwo", "pid,ppid,stat,etime,args"], capture_output=True,
                             text=True).stdout
-        proc.kill()
+        pool._kill_tree(proc.pid)  # the study and its jobs: nothing left running after the test
         pytest.fail(f"no end of output 60 s after {sig!r}: study {study}; processes:\n"
                     + "\n".join(line for line in ps.splitlines() if str(tmp_path) in line))
     assert proc.returncode == 130, out
