@@ -87,24 +87,23 @@ def _weight_set_messages(part: pd.DataFrame) -> list[str]:
             if lacking_epochs:
                 messages.append(f"{name}: not evaluated at {_epochs(lacking_epochs)}"
                                 f" (other weights of {series} are)")
-            all_seeds = set().union(*map(set, sub["seeds"]))
-            gaps: dict[tuple, list[int]] = {}
-            for epoch, seeds in zip(sub["epoch"], sub["seeds"], strict=True):
-                if set(seeds) != all_seeds:
-                    gaps.setdefault(tuple(sorted(all_seeds - set(seeds))), []).append(epoch)
-            for lacking, epochs in gaps.items():
-                messages.append(f"{name}: {_epochs(epochs)} averaged without seed(s) "
-                                f"{', '.join(map(str, lacking))}")
-            if "sample_seeds" in sub:
-                all_samples = set().union(*map(set, sub["sample_seeds"]))
-                gaps = {}
-                for epoch, seeds in zip(sub["epoch"], sub["sample_seeds"], strict=True):
-                    if set(seeds) != all_samples:
-                        gaps.setdefault(tuple(sorted(all_samples - set(seeds))), []).append(epoch)
-                for lacking, epochs in gaps.items():
-                    messages.append(f"{name}: {_epochs(epochs)} averaged without sampling "
-                                    f"seed(s) {', '.join(map(str, lacking))}")
+            for column, kind in (("seeds", "seed(s)"), ("sample_seeds", "sampling seed(s)")):
+                if column in sub:
+                    for lacking, epochs in _seed_gaps(sub, column).items():
+                        messages.append(f"{name}: {_epochs(epochs)} averaged without {kind} "
+                                        f"{', '.join(map(str, lacking))}")
     return messages
+
+
+def _seed_gaps(sub: pd.DataFrame, column: str) -> dict[tuple, list[int]]:
+    """The epochs of one weight set whose seeds (`column`) lack some that other epochs have,
+    grouped by the seeds lacking."""
+    every = set().union(*map(set, sub[column]))
+    gaps: dict[tuple, list[int]] = {}
+    for epoch, seeds in zip(sub["epoch"], sub[column], strict=True):
+        if set(seeds) != every:
+            gaps.setdefault(tuple(sorted(every - set(seeds))), []).append(epoch)
+    return gaps
 
 
 def _share_warnings(part: pd.DataFrame) -> list[str]:
