@@ -27,11 +27,11 @@ from explore.runfiles import fmt_value, parse_weights
 
 from .figures import (
     ONE_COLUMN,
-    TWO_COLUMN,
     _paper,
     epoch_axis,
     fid_log_scale,
     log_axis,
+    panel_grid,
     series_colour,
 )
 from .tables import fmt_count, fmt_fid
@@ -183,11 +183,7 @@ def fid_length_figure(lengths: pd.DataFrame, title: str, scale: str = "auto"
     if not epochs or sigmas.empty:
         return None
     x_raw = sigmas.min() / RAW_GAP
-    ncols = min(len(epochs), 2)
-    nrows = math.ceil(len(epochs) / ncols)
-    fig = Figure(figsize=(ONE_COLUMN if ncols == 1 else TWO_COLUMN, 2.2 * nrows + 1.1),
-                 layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    fig, axes, ncols = panel_grid(len(epochs), 2.2, 1.1)
     series = list(lengths["series"].drop_duplicates())
     shown = lengths[lengths["epoch"].isin(epochs)]
     log_y = fid_log_scale(shown, scale)
@@ -206,8 +202,6 @@ def fid_length_figure(lengths: pd.DataFrame, title: str, scale: str = "auto"
         ax.set_xlabel("EMA length σrel (log)")
     if log_y:
         log_axis(axes[0])
-    for ax in axes[len(epochs):]:
-        ax.set_visible(False)
     for ax in axes[::ncols]:
         ax.set_ylabel("FID (lower is better)")
     fig.suptitle(textwrap.fill(title, 70 if ncols > 1 else 45))

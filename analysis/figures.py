@@ -100,6 +100,19 @@ def star_shifts(best_epochs: Sequence[float], epochs: Sequence[float]) -> list[f
     return shifts
 
 
+def panel_grid(count: int, row_height: float, extra: float) -> tuple[Figure, list, int]:
+    """A figure of `count` panels in rows of at most two, sharing the y axis (one column wide
+    for a single panel); the axes beyond `count` are hidden. Returns (figure, axes, columns)."""
+    ncols = min(count, 2)
+    nrows = math.ceil(count / ncols)
+    fig = Figure(figsize=(ONE_COLUMN if ncols == 1 else TWO_COLUMN, row_height * nrows + extra),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, list(axes), ncols
+
+
 def epoch_axis(ax) -> None:
     """An x axis of epochs: labelled, whole-number ticks only."""
     ax.set_xlabel("epoch")
@@ -163,11 +176,7 @@ def fid_figure(summary: pd.DataFrame, title: str, scale: str = "auto") -> Figure
     every series' raw curve (solid) and that weight set's curve (dashed); y axis log or
     linear by ``scale`` (`fid_log_scale`)."""
     panels = variants(summary) or [None]
-    ncols = min(len(panels), 2)
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(ONE_COLUMN if ncols == 1 else TWO_COLUMN, 2.3 * nrows + 1.0),
-                 layout="constrained")
-    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    fig, axes, ncols = panel_grid(len(panels), 2.3, 1.0)
     series = list(summary["series"].drop_duplicates())
     for ax, variant in zip(axes, panels, strict=False):
         curves = [(rows[rows["variant"] == v], series_colour(name), style)
@@ -179,8 +188,6 @@ def fid_figure(summary: pd.DataFrame, title: str, scale: str = "auto") -> Figure
             _fid_curve(ax, rows, colour, style, dx)
         ax.set_title(variant or "raw weights (no EMA rows)")
         epoch_axis(ax)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
     log = fid_log_scale(summary, scale)
     for ax in axes[::ncols]:
         ax.set_ylabel("FID (lower is better" + (", log scale)" if log else ")"))
