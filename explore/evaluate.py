@@ -42,6 +42,8 @@ from .config import build
 from .data import ImageSet, grid_image, subset
 from .devices import resolve_device
 from .diffusion import CosineSchedule, schedule_of
+from .environment import describe as describe_env
+from .environment import describe_environment
 from .errors import ConfigError
 from .eval_rows import (
     check_metric_options,
@@ -50,7 +52,7 @@ from .eval_rows import (
     missing_parts,
     sample_seeds,
 )
-from .files import atomic_write
+from .files import atomic_write, fmt_bytes, remove_stale_temporaries
 from .lift_paths import cached_heatmap, lift_path, paths_for
 from .logfile import log_to
 from .loggers import RunLoggers, run_loggers
@@ -98,6 +100,8 @@ class EvalContext:
     features: metriclib.FeatureExtractor   # built once, used by every row
     train_set: metriclib.RealSet # every training image (memorisation's neighbours), lazily
     real_set: metriclib.RealSet  # the real images' features and statistics, computed once
+    environment: dict            # what makes this evaluation (explore.environment): rows name it
+    unreadable: dict[Path, str]  # checkpoints that cannot be read: skipped, named at the end
     boot: metriclib.FidBootstrap | None = None  # made on first use (sqrt of the real covariance)
 
     def identity(self) -> dict:
@@ -220,14 +224,32 @@ def check_eval_config(e: DictConfig) -> None:
         raise ConfigError(f"eval.{err}") from None
 
 
+def newest_readable(checkpoints: list[tuple[int, Path]], trusted: bool
+                    ) -> tuple[dict, dict[Path, str]]:
+    """The newest checkpoint that loads (its state sets the evaluation up: model and data
+    config), and the newer ones that do not (path -> why). None loads: the newest's error."""
+    errors: dict[Path, ckpt.CheckpointError] = {}
+    for _, path in reversed(checkpoints):
+        try:
+            return (ckpt.load_checkpoint(path, trusted=trusted),
+                    {p: str(e) for p, e in errors.items()})
+        except ckpt.CheckpointError as e:
+            errors[path] = e
+    if len(errors) > 1:
+        raise ckpt.CheckpointError(f"none of the {len(errors)} checkpoints can be read: "
+                                   + "; ".join(map(str, errors.values())))
+    raise next(iter(errors.values()))
+
+
 def prepare(cfg: DictConfig) -> tuple[EvalContext, dict]:
-    """The evaluation context, and the newest checkpoint's state (loaded once, reused)."""
+    """The evaluation context, and the newest readable checkpoint's state (loaded once,
+    reused)."""
     e = cfg.eval
     check_eval_config(e)
     device = resolve_device(cfg.device)
     run, checkpoints = find_checkpoints(cfg)
     trusted = bool(cfg.trust_checkpoint)
-    last = ckpt.load_checkpoint(checkpoints[-1][1], trusted=trusted)
+    last, unreadable = newest_readable(checkpoints, trusted)
     if checkpoints[-1][0] is None:  # a lone file named without its epoch: the file says
         checkpoints = [(int(last.get("epoch", last.get("epochs", -1))), checkpoints[-1][1])]
     data, data_cfg = load_data(last, cfg)
@@ -268,26 +290,49 @@ def prepare(cfg: DictConfig) -> tuple[EvalContext, dict]:
             features, data.images, fidlib.real_stats_name(data.name, data.image_size, extractor,
                                                           len(data)), e.fid.cache_root,
             progress=bool(cfg.progress)) if len(real) < len(data) else None),
-        logger=run_loggers(run.path))
+        logger=run_loggers(run.path), environment=describe_environment(device),
+        unreadable=unreadable)
     ctx.train_set = ctx.train_set or ctx.real_set
     return ctx, last
 
 
 # -- the evaluation -----------------------------------------------------------------------------
 def evaluate(cfg: DictConfig) -> Path:
-    """Evaluate every selected checkpoint; returns the path of fid.csv."""
+    """Evaluate every selected checkpoint; returns the path of fid.csv. Checkpoints that cannot
+    be read are skipped; after every other one is scored, an error names them."""
     ctx, last = prepare(cfg)
     with log_to(ctx.run.eval_log), ctx.logger:
+        cleaned, size = remove_stale_temporaries(ctx.run.eval_folders())
+        if cleaned:
+            log.info("removed %d temporary files (%s) left by an interrupted evaluation",
+                     cleaned, fmt_bytes(size))
         log.info("evaluating %d checkpoint(s) of %s: %d images per sampling seed %s vs %d "
                  "real (subset seed %d), %d DDIM steps (final step %s), noise schedule %s, "
                  "extractor %s, metrics %s%s", len(ctx.checkpoints), ctx.info.run,
                  ctx.num_images, ctx.seeds, len(ctx.real), ctx.subset_seed, ctx.e.num_steps,
                  ctx.e.final_step, ctx.schedule.name, ctx.extractor, ctx.metrics,
                  f", {ctx.bootstrap} bootstrap replicates" if ctx.bootstrap else "")
+        log.info("environment %s: %s", ctx.environment["id"], describe_env(ctx.environment))
+        newest = next(p for _, p in reversed(ctx.checkpoints) if p not in ctx.unreadable)
         for epoch, path in ctx.checkpoints:
-            state = last if path == ctx.checkpoints[-1][1] else ckpt.load_checkpoint(
-                path, trusted=ctx.trusted)
+            if path in ctx.unreadable:
+                log.error("skipping epoch %d: %s", epoch, ctx.unreadable[path])
+                continue
+            try:
+                state = last if path == newest else ckpt.load_checkpoint(path,
+                                                                         trusted=ctx.trusted)
+            except ckpt.CheckpointError as err:  # score the others, then say which failed
+                ctx.unreadable[path] = str(err)
+                log.error("skipping epoch %d: %s", epoch, err)
+                continue
             evaluate_checkpoint(ctx, epoch, path, state)
+        if ctx.unreadable:
+            raise ckpt.CheckpointError(
+                f"{len(ctx.unreadable)} of {len(ctx.checkpoints)} checkpoint(s) could not be "
+                f"read and were not scored: "
+                + "; ".join(str(err) for err in ctx.unreadable.values())
+                + f". Every other checkpoint was scored ({ctx.results.path}). Re-copy or "
+                f"delete the broken files, or leave them out with eval.epochs=[...].")
     return ctx.results.path
 
 
@@ -298,6 +343,7 @@ def evaluate_checkpoint(ctx: EvalContext, epoch: int, path: Path, state: dict) -
     load_state(model, state["model_state"], f"{path} model_state")
     sets = weight_sets(state, ctx.info.steps_per_epoch)
     sets.update(reconstructed_sets(ctx.run.path, epoch, have=sets))
+    ctx.results.refresh()  # rows another evaluation of this folder may have added meanwhile
     for ws in select(sets, ctx.e.weights, str(path)):
         todo = [(p, seed) for p in paths_for(model.kind, ctx.e.paths) for seed in ctx.seeds
                 if ctx.e.force or ctx.missing(ctx.results.get(fid_row_key(
@@ -359,8 +405,9 @@ def evaluate_weight_set(ctx: EvalContext, model: torch.nn.Module, epoch: int, ws
                "sigma_rel": round(length.sigma_rel, 5) if length else "",
                "half_life_kimg": (round(length.half_life_kimg(ctx.info.batch_size), 4)
                                   if length and ctx.info.batch_size else ""),
-               "seconds": round(time.perf_counter() - t0, 2)}
-        ctx.results.add(row)
+               "seconds": round(time.perf_counter() - t0, 2),
+               "environment": ctx.environment["id"]}
+        ctx.results.add(row, ctx.environment)
         ctx.logger.log_eval(row)
         if e.grid and images is not None:
             write_grid(images[:GRID_IMAGES], ctx.run.grid(epoch, ws.name, pname, seed))

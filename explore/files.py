@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -38,6 +40,9 @@ def atomic_write(path: str | Path, write, expected_bytes: int | None = None) -> 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX,
                                dir=path.parent)
     try:
+        # mkstemp makes the file 0600; a results file others on a shared cluster cannot read
+        # is lost to them, so the final file gets the mode open() would give it (umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -59,6 +64,40 @@ def atomic_write(path: str | Path, write, expected_bytes: int | None = None) -> 
         finally:
             os.close(dfd)
     return path
+
+
+def current_umask() -> int:
+    """This process's umask (read from /proc where it can be: setting it to read it, the only
+    other way, is not thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path) -> Iterator[bool]:
+    """Hold an OS lock (`flock`) on the file `path` (created, never deleted: deleting a lock
+    file lets a waiter lock a name no one else sees) while the block runs; other processes
+    calling this wait. Released by the OS when the process dies, so it never goes stale.
+    Yields False, unlocked, on a file system without flock (some network mounts)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -19,6 +19,8 @@ No torch import: analysis/ uses it without loading torch.
       phema/snapshot_NNNNNNNNN.pt      power-function EMA snapshots (ema=posthoc)
       phema/reconstructed/epoch_NNNN_<weights>.pt   post-hoc EMAs (explore.posthoc)
       eval/fid.csv                     one row per measurement (`FID_COLUMNS`, keyed by `FID_KEY`)
+      eval/fid.csv.lock                held (flock) while an evaluation adds a row
+      eval/environments.json           {id: record} of the environments rows were made in
       eval/evaluate.log                the evaluation log
       eval/grids/epoch_NNNN_<weights>_<path>_s<seed>.png   sample grids (per sampling seed)
       eval/features/epoch_NNNN_<weights>_<path>_s<seed>_<hash>.npz   generated images' features,
@@ -41,7 +43,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .files import atomic_write, write_text
+from .files import atomic_write, exclusive, write_text
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -54,6 +56,7 @@ PHEMA_DIR = "phema"
 RECONSTRUCTED_DIR = "reconstructed"
 EVAL_DIR = "eval"
 FID_FILE = f"{EVAL_DIR}/fid.csv"
+ENVIRONMENTS_FILE_NAME = "environments.json"
 EVAL_LOG = f"{EVAL_DIR}/evaluate.log"
 GRIDS_DIR = f"{EVAL_DIR}/grids"
 FEATURES_DIR = f"{EVAL_DIR}/features"
@@ -99,6 +102,7 @@ class RunFolder:
     reconstructed_dir = property(lambda self: self.path / PHEMA_DIR / RECONSTRUCTED_DIR)
     fid_csv = property(lambda self: self.path / FID_FILE)
     eval_log = property(lambda self: self.path / EVAL_LOG)
+    eval_environments = property(lambda self: self.path / EVAL_DIR / ENVIRONMENTS_FILE_NAME)
     grids_dir = property(lambda self: self.path / GRIDS_DIR)
     features_dir = property(lambda self: self.path / FEATURES_DIR)
     heatmaps_dir = property(lambda self: self.path / HEATMAPS_DIR)
@@ -122,6 +126,10 @@ class RunFolder:
     def written_folders(self) -> list[Path]:
         """The folders training writes to (where its stale temporaries can lie)."""
         return [self.path, self.checkpoint_dir, self.phema_dir, self.samples_dir]
+
+    def eval_folders(self) -> list[Path]:
+        """The folders evaluation writes to (where its stale temporaries can lie)."""
+        return [self.path / EVAL_DIR, self.grids_dir, self.features_dir, self.heatmaps_dir]
 
     def samples(self, epoch: int) -> Path:
         """The sample grid made during training after epoch `epoch`."""
@@ -209,6 +217,11 @@ class RunInfo:
     device: str | None = None
     changes: list = field(default_factory=list)  # settings changed on resume (optim.lr)
     source: str = "training"              # training | checkpoint (a lone checkpoint's folder)
+    # what made it (explore.environment): the environment of the first start, every distinct
+    # environment that trained it (in order), and the starts, resumes and fall-backs
+    environment: dict = field(default_factory=dict)
+    environments: list = field(default_factory=list)
+    history: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,10 +249,12 @@ FID_COLUMNS = ["run", "model", "seed", "ema_decay", "dataset", "image_size", "ep
                "subset_seed", "extractor", "schedule", "final_step", "fid", "kid", "kid_std",
                "precision", "recall", "memorization", "memorization_px", "ema_share",
                "ema_share_low", "lag_epochs", "sigma_rel", "half_life_kimg", "seconds",
-               "boot_seed", "fid_boot"]
+               "boot_seed", "fid_boot", "environment"]
 # `seed` is the training seed (the run's), `sample_seed` the sampling seed of the generated
 # images (eval.seeds); `num_real` real images, a subset of the training images drawn with
 # `subset_seed` (eval.subset_seed; all of them when num_images >= the training set).
+# `environment`: the id of the software and machine that made the row (explore.environment;
+# its record in eval/environments.json).
 # `fid_boot`: bootstrap replicate FIDs over the generated images' features (space-separated;
 # `replicates`), made with resample indices drawn from `boot_seed`, the sampling seed and the
 # image count only, so replicate b of every weight set and epoch resamples the same images.
@@ -283,14 +298,26 @@ def fid_row_key(row: dict) -> tuple[str, ...]:
 
 class ResultsFile:
     """`<run>/eval/fid.csv`, rewritten atomically after every finished row, so an interrupted
-    evaluation loses no finished row and never leaves half a file."""
+    evaluation loses no finished row and never leaves half a file.
+
+    Several evaluations of one run folder may run at once (two terminals, a study re-run, more
+    seeds added while a SLURM evaluation runs): each `add` takes an OS lock on `fid.csv.lock`,
+    re-reads the file, adds its row and writes the whole file before letting the next writer
+    in, so every process keeps every row the others wrote (a read-once, write-from-memory file
+    would keep only the last writer's rows). The environments rows name (`environment` column)
+    are merged into `eval/environments.json` under the same lock.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.environments_path = self.path.with_name(ENVIRONMENTS_FILE_NAME)
         self.rows: list[dict] = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = [with_legacy_values(r) for r in csv.DictReader(f)]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the rows from disk (another evaluation may have added some)."""
+        self.rows = read_results(self.path)
 
     def has(self, key: tuple[str, ...]) -> bool:
         return self.get(key) is not None
@@ -299,18 +326,43 @@ class ResultsFile:
         """The row with this key (fid_row_key), or None."""
         return next((r for r in self.rows if fid_row_key(r) == key), None)
 
-    def add(self, row: dict) -> None:
-        """Add a row (replacing one with the same key) and rewrite the file."""
+    def add(self, row: dict, environment: dict | None = None) -> None:
+        """Add a row (replacing one with the same key) to what is on disk now, and rewrite the
+        file; `environment`: the record of the row's `environment` id, kept beside it."""
         key = fid_row_key(row)
-        self.rows = [r for r in self.rows if fid_row_key(r) != key] + [row]
-        self.rows.sort(key=lambda r: (int(r["epoch"]), str(r["weights"]), str(r["path"]),
-                                      int(r["sample_seed"])))
-        columns = FID_COLUMNS + sorted({k for r in self.rows for k in r} - set(FID_COLUMNS))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text(self.path, buf.getvalue())
+        with exclusive(self.lock_path):
+            rows = [r for r in read_results(self.path) if fid_row_key(r) != key] + [row]
+            rows.sort(key=lambda r: (int(r["epoch"]), str(r["weights"]), str(r["path"]),
+                                     int(r["sample_seed"])))
+            columns = FID_COLUMNS + sorted({k for r in rows for k in r} - set(FID_COLUMNS))
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            write_text(self.path, buf.getvalue())
+            if environment is not None:
+                known = read_json(self.environments_path) or {}
+                if environment.get("id") not in known:
+                    known[environment["id"]] = environment
+                    write_text(self.environments_path, json.dumps(known, indent=2))
+        self.rows = rows
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """The rows of a fid.csv (legacy protocol values filled in); [] when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [with_legacy_values(r) for r in csv.DictReader(f)]
+
+
+def read_json(path: str | Path):
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def with_legacy_values(row: dict) -> dict:

@@ -7,6 +7,7 @@ run folder as it was.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .config import CONF_DIR, to_plain
 from .data import DataError, ImageSet
 from .ema import averaging_window
 from .ema.length import half_life_kimg_for_decay
+from .environment import describe as describe_env
+from .environment import differences
 from .errors import ConfigError
 from .files import atomic_write
 from .runfiles import RunFolder, RunInfo, write_run_info
@@ -36,41 +39,43 @@ MAY_CHANGE = ("optim.lr", "optim.optimizer.lr")
 DERIVED = ("ema.batch_size",)
 
 
-def resume_point(cfg: DictConfig, run: RunFolder) -> tuple[Path, dict] | None:
+def resume_point(cfg: DictConfig, run: RunFolder) -> tuple[tuple[Path, dict] | None, list[str]]:
     """The state to continue from with resume=true: last.pt, or when it is missing or broken
-    the newest snapshot (optimizer reset, with a warning). A run folder that already holds
-    checkpoints without resume=true, or a resume with another experiment's config, is an
-    error."""
+    the newest snapshot (optimizer reset), and the notes that say so (the caller writes them
+    to train.log and to the run's history once it holds the run folder). A run folder that
+    already holds checkpoints without resume=true, or a resume with another experiment's
+    config, is an error."""
     resume = str(cfg.resume).lower() == "true"
+    notes: list[str] = []
     if not resume:
         if run.checkpoints() or run.last.is_file():
             newest = run.last if run.last.is_file() else run.checkpoints()[-1][1]
             raise ConfigError(f"{run.path} already holds checkpoints (newest: {newest.name}); "
                               f"pass resume=true to continue that run, or choose another "
                               f"hydra.run.dir for a new one")
-        return None
+        return None, notes
     found = None
     if run.last.is_file():
         try:
             found = run.last, ckpt.load_checkpoint(run.last)
         except ckpt.CheckpointError as e:
-            log.warning("the resume state is unusable (%s): falling back to the newest snapshot",
-                        e)
+            notes.append(f"the resume state is unusable ({e}): falling back to the newest "
+                         f"snapshot")
     if found is None:
-        found = ckpt.latest_valid_checkpoint(run.path, log=log.warning)
+        found = ckpt.latest_valid_checkpoint(run.path, log=notes.append)
         if found is not None and "optimizer" not in found[1]:
-            log.warning("resuming from the snapshot %s: it holds no optimizer state, so AdamW "
-                        "restarts its moments (not bit-identical to an uninterrupted run)",
-                        found[0])
+            notes.append(f"resuming from the snapshot {found[0]}: it holds no optimizer state, "
+                         f"so AdamW restarts its moments (not bit-identical to an "
+                         f"uninterrupted run)")
     if found is None:
         log.info("resume=true but %s has no checkpoint yet: starting from scratch", run.path)
-        return None
+        return None, notes
     diffs = config_differences(found[1].get("config") or {}, to_plain(cfg))
     if diffs:
         raise ConfigError(f"resume=true, but the config differs from the one {found[0]} "
                           f"was trained with: {'; '.join(diffs)}. Start a new run folder "
                           f"for a different experiment.")
-    return found
+    return found, notes
 
 
 def _get(tree, key: str):
@@ -143,6 +148,33 @@ def batches_per_epoch(data: ImageSet, batch_size: int) -> int:
     return steps
 
 
+def record_start(state: RunState, environment: dict, found: tuple[Path, dict] | None,
+                 notes: list[str]) -> None:
+    """Add this start to the run's history: a start or a resume (from which file, in which
+    environment), the fall-backs of `notes`, and the environment when it is new to the run;
+    a resume in another environment is logged (a warning when torch differs)."""
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    where = {"time": now, "epoch": state.epoch, "step": state.step}
+    previous = state.environments[-1] if state.environments else None
+    if previous is not None and previous.get("id") != environment["id"]:
+        changed = differences(previous, environment)
+        if previous.get("torch") != environment.get("torch"):
+            log.warning("this run was trained so far with torch %s and resumes with torch %s: "
+                        "its numbers may differ from an uninterrupted run's (recorded in "
+                        "run.json's environments)", previous.get("torch"), environment["torch"])
+        log.info("resuming in another environment (%s): %s", environment["id"],
+                 "; ".join(changed) or "no number-shaping change")
+    if environment["id"] not in {e.get("id") for e in state.environments}:
+        state.environments.append({**environment, "since_epoch": state.epoch,
+                                   "since_step": state.step})
+    for note in notes:
+        log.warning("%s", note)
+        state.events.append({"event": "fallback", **where, "message": note})
+    state.events.append({"event": "resume" if found is not None else "start", **where,
+                         **({"from": found[0].name} if found is not None else {}),
+                         "environment": environment["id"], "host": environment["hostname"]})
+
+
 def write_run_start(run: RunFolder, cfg: DictConfig, training: Training, data: ImageSet,
                     steps_per_epoch: int, state: RunState) -> None:
     """config.yaml and run.json, and the start of the log: what this run is."""
@@ -158,13 +190,17 @@ def write_run_start(run: RunFolder, cfg: DictConfig, training: Training, data: I
         schedule=training.schedule.describe(), dataset=data.name, image_size=data.image_size,
         num_images=len(data), epochs=epochs, steps_per_epoch=steps_per_epoch,
         batch_size=int(cfg.trainer.batch_size), device=str(training.device),
-        changes=state.changes))
+        changes=state.changes, environment=state.environments[0] if state.environments else {},
+        environments=state.environments, history=state.events))
     model, schedule = training.model, training.schedule
     log.info("%s: %s, %.2fM parameters, %d images (%s), %d steps/epoch, device %s, noise "
              "schedule %s (alpha_bar %.4g .. %.3g)", run.path, type(model).__name__,
              sum(p.numel() for p in model.parameters()) / 1e6, len(data), data.name,
              steps_per_epoch, training.device, schedule.name, schedule.alpha_bar[0],
              schedule.alpha_bar[-1])
+    if state.environments:
+        log.info("environment %s: %s", state.environments[-1]["id"],
+                 describe_env(state.environments[-1]))
     if ema is not None:
         describe_ema(ema, steps_per_epoch, epochs, int(cfg.trainer.batch_size))
 

@@ -35,11 +35,16 @@ class RunState:
     seconds: float = 0.0           # their training time
     noise_state: torch.Tensor | None = None            # the epoch's noise generator after them
     changes: list[dict] = field(default_factory=list)  # settings changed on resume (optim.lr)
+    # the run's own history (run.json): starts, resumes, fall-backs, and the environments
+    # (explore.environment) that trained it, kept in every checkpoint so no start forgets them
+    events: list[dict] = field(default_factory=list)
+    environments: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "history": self.history,
                 "batch": self.batch, "sums": self.sums, "seconds": self.seconds,
-                "noise_state": self.noise_state, "changes": self.changes}
+                "noise_state": self.noise_state, "changes": self.changes,
+                "events": self.events, "environments": self.environments}
 
     @classmethod
     def from_dict(cls, saved: dict) -> RunState:
@@ -48,7 +53,8 @@ class RunState:
         return cls(int(saved["epoch"]), int(saved["step"]), list(saved.get("history", [])),
                    int(saved.get("batch", 0)), dict(saved.get("sums", {})),
                    float(saved.get("seconds", 0.0)), saved.get("noise_state"),
-                   list(saved.get("changes", [])))
+                   list(saved.get("changes", [])), list(saved.get("events", [])),
+                   list(saved.get("environments", [])))
 
     def end_epoch(self, epoch: int, row: dict) -> None:
         self.epoch, self.batch, self.sums, self.seconds, self.noise_state = epoch, 0, {}, 0.0, None
@@ -79,6 +85,7 @@ class Checkpointer:
         weights = ckpt.cast_floating(self.training.weights_state(), self.dtype)
         ckpt.save_checkpoint({**weights, "epoch": state.epoch, "step": state.step,
                               "history": state.history, "changes": state.changes,
+                              "events": state.events, "environments": state.environments,
                               "snapshot_dtype": str(self.cfg.checkpoint.snapshot_dtype),
                               **self._common(state)}, self.run.checkpoint(state.epoch))
         self.prune(state.epoch)

@@ -30,13 +30,20 @@ from .config import build
 from .data import ImageSet, to_float
 from .devices import resolve_device
 from .disk import check_disk, plan_disk
+from .environment import describe_environment
 from .files import atomic_write, fmt_bytes, remove_stale_temporaries
 from .heldout import HeldOutLoss
 from .logfile import log_to
 from .preemption import StepBoundary
 from .runfiles import RunFolder
 from .runlock import RunLock
-from .runstart import batches_per_epoch, restore, resume_point, write_run_start
+from .runstart import (
+    batches_per_epoch,
+    record_start,
+    restore,
+    resume_point,
+    write_run_start,
+)
 from .runstate import Checkpointer, RunState
 from .training import (
     NonFiniteLossError,
@@ -61,14 +68,17 @@ def train(cfg: DictConfig, run_dir: str | Path, command: list[str] | None = None
     lock.check()  # a second writer stops here, before anything is loaded or written
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    found = resume_point(cfg, run)  # (path, state) to continue from, or None
+    found, notes = resume_point(cfg, run)  # (path, state) to continue from, or None
     data: ImageSet = build(cfg.data)
     steps_per_epoch, epochs = batches_per_epoch(data, cfg.trainer.batch_size), cfg.trainer.epochs
     training = build_training(cfg, device, total_steps=epochs * steps_per_epoch)
     state = restore(training, found, cfg) if found is not None else RunState()
+    environment = describe_environment(device)  # what makes this start: run.json records it
     budget = check_disk(plan_disk(training, cfg.checkpoint, run, state.epoch, epochs,
                                   steps_per_epoch), run)
     with lock, log_to(run.train_log):  # from here on the run folder is written
+        if lock.describe_takeover():
+            log.warning("%s", lock.describe_takeover())
         for level, line in budget:
             log.log(level, line)
         cleaned, size = remove_stale_temporaries(run.written_folders())
@@ -78,6 +88,7 @@ def train(cfg: DictConfig, run_dir: str | Path, command: list[str] | None = None
         if found is not None:
             log.info("resuming %s from %s (epoch %d, step %d%s)", run.path, found[0].name,
                      state.epoch, state.step, f", batch {state.batch}" if state.batch else "")
+        record_start(state, environment, found, notes)
         write_run_start(run, cfg, training, data, steps_per_epoch, state)
         if state.epoch >= epochs:
             log.info("%s is already trained to epoch %d of %d: nothing to do", run.path,

@@ -39,6 +39,7 @@ def check_config(cfg: DictConfig) -> None:
     t = cfg.trainer
     if str(t.precision) not in PRECISIONS:
         raise ConfigError(f"trainer.precision={t.precision!r}: use one of {list(PRECISIONS)}")
+    check_optim(cfg.optim)
     if cfg.optim.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"optim.lr_schedule={cfg.optim.lr_schedule!r}: use one of "
                           f"{list(LR_SCHEDULES)}")
@@ -65,6 +66,31 @@ def check_config(cfg: DictConfig) -> None:
     from .loggers import check_loggers
 
     check_loggers(cfg.get("logger"))  # an optional package that is missing: the install command
+
+
+def check_optim(optim: DictConfig) -> None:
+    """The optimizer's numbers, named, before torch's own error deep inside its constructor."""
+    def number(key: str, value) -> float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"optim.{key}={value!r} is not a number") from None
+        if not math.isfinite(x):
+            raise ConfigError(f"optim.{key}={value} must be finite")
+        return x
+
+    if number("lr", optim.lr) <= 0:
+        raise ConfigError(f"optim.lr={optim.lr} must be > 0 (the study: 1e-4; the smoke "
+                          f"preset: 2e-3)")
+    if int(optim.get("warmup_steps") or 0) < 0:
+        raise ConfigError(f"optim.warmup_steps={optim.warmup_steps} must be >= 0")
+    opt = optim.get("optimizer") or {}
+    if opt.get("weight_decay") is not None and number("optimizer.weight_decay",
+                                                      opt.weight_decay) < 0:
+        raise ConfigError(f"optim.optimizer.weight_decay={opt.weight_decay} must be >= 0")
+    for i, beta in enumerate(opt.get("betas") or []):
+        if not 0 <= number(f"optimizer.betas[{i}]", beta) < 1:
+            raise ConfigError(f"optim.optimizer.betas={list(opt.betas)}: each in [0, 1)")
 
 
 def ema_enabled(cfg: DictConfig) -> bool:
