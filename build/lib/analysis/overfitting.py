@@ -1,0 +1,158 @@
+"""Is the late FID rise overfitting? The held-out loss and the memorisation rate, per weight set.
+
+- Held-out loss (explore.heldout): metrics.csv ``loss_train_fixed``, ``loss_holdout`` and
+  ``loss_gap`` (held-out - training) for the raw weights, ``ema_<those>[@<decay>]`` and
+  ``phema_<those>@<sigma_rel>`` for the averages. Only runs with held-out images have them.
+- Memorisation (explore.memorization): fid.csv ``memorization``, the share of generated images
+  that are near-copies of a training image, per weight set and epoch (eval.metrics=[...,
+  memorization]).
+
+Each figure is None when its columns are absent, and the report then says so.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from explore.runfiles import fmt_value
+
+from .figures import TWO_COLUMN, _paper, epoch_axis, model_colour
+from .load import model_name
+from .tables import variant_rank
+
+HELDOUT = re.compile(r"^(?:(ema|phema)_)?loss_(train_fixed|holdout|gap)(?:@(.+))?$")
+QUANTITIES = {"holdout": "held-out", "train_fixed": "training (fixed set)", "gap": "gap"}
+
+
+def heldout_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Held-out loss columns as a long frame: model, seed, epoch, weights (raw, EMA <decay>,
+    post-hoc EMA σrel <s>), quantity (train_fixed, holdout, gap), value; empty without them.
+    Runs that differ only in their primary decay repeat the same network: counted once."""
+    parts = []
+    for column in metrics.columns:
+        m = HELDOUT.match(column)
+        if m is None:
+            continue
+        kind, quantity, arg = m.groups()
+        if kind is None:
+            weights = pd.Series("raw", index=metrics.index)
+        elif kind == "ema":
+            decay = (pd.Series(float(arg), index=metrics.index) if arg
+                     else metrics["ema_decay"])
+            weights = decay.map(lambda d: f"EMA {fmt_value(d)}")
+        else:
+            weights = pd.Series(f"post-hoc EMA σrel {arg}", index=metrics.index)
+        parts.append(metrics[["model", "seed", "dataset", "image_size", "epoch"]].assign(
+            weights=weights, quantity=quantity,
+            value=pd.to_numeric(metrics[column], errors="coerce")))
+    if not parts:
+        return pd.DataFrame(columns=["model", "seed", "epoch", "weights", "quantity", "value"])
+    long = pd.concat(parts, ignore_index=True).dropna(subset=["value"])
+    keys = ["model", "seed", "dataset", "image_size", "epoch", "weights", "quantity"]
+    return long.drop_duplicates(subset=keys).reset_index(drop=True)
+
+
+def _weights_rank(label: str) -> tuple:
+    kind = "raw" if label == "raw" else "ema" if label.startswith("EMA") else "phema"
+    number = label.rsplit(" ", 1)[-1]
+    decay = float(number) if kind == "ema" else float("nan")
+    return variant_rank(kind, decay, label)
+
+
+@_paper
+def heldout_figure(long: pd.DataFrame) -> Figure | None:
+    """Per model (rows): held-out and fixed-training losses (left; held-out solid,
+    training dashed), and their gap (right), one line style per weight set... (colour per
+    weight set, since one model per row). None without held-out columns."""
+    if long.empty:
+        return None
+    models = list(long["model"].drop_duplicates())
+    fig = Figure(figsize=(TWO_COLUMN, 1.3 + 1.9 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), 2, squeeze=False, sharex=True)
+    for (ax_loss, ax_gap), model in zip(axes, models, strict=True):
+        rows = long[long["model"] == model]
+        weights = sorted(rows["weights"].unique(), key=_weights_rank)
+        for i, w in enumerate(weights):
+            colour = model_colour(model) if w == "raw" else f"C{(i + 2) % 10}"
+            for ax, quantity, style in [(ax_loss, "holdout", "-"),
+                                        (ax_loss, "train_fixed", "--"), (ax_gap, "gap", "-")]:
+                stats = rows[(rows["weights"] == w) & (rows["quantity"] == quantity)]
+                stats = stats.groupby("epoch")["value"].mean()
+                if stats.empty:
+                    continue
+                label = f"{w} {QUANTITIES[quantity]}" if ax is ax_loss else w
+                ax.plot(stats.index, stats.values, style, marker=".", color=colour,
+                        label=label)
+        ax_loss.set_title(f"{model_name(model)}: held-out (solid) and training (dashed) loss")
+        ax_loss.set_ylabel("loss on fixed (image, t, noise)")
+        ax_gap.axhline(0, color="grey", lw=0.8)
+        ax_gap.set_title(f"{model_name(model)}: gap = held-out - training")
+        ax_gap.set_ylabel("loss gap")
+        ax_gap.legend(frameon=False)
+    for ax in axes[-1]:
+        epoch_axis(ax)
+    return fig
+
+
+def memorization_summary(fid: pd.DataFrame) -> pd.DataFrame:
+    """Mean memorisation rate per (protocol, series, weight set, epoch) over seeds; empty
+    when no row measured it."""
+    if "memorization" not in fid:
+        return pd.DataFrame()
+    rows = fid.assign(memorization=pd.to_numeric(fid["memorization"], errors="coerce"))
+    rows = rows.dropna(subset=["memorization"])
+    if rows.empty:
+        return pd.DataFrame()
+    keys = ["protocol", "series", "kind", "decay", "variant", "epoch"]
+    return rows.groupby(keys, dropna=False, sort=False)["memorization"].agg(
+        ["mean", "std", "count"]).reset_index()
+
+
+@_paper
+def memorization_figure(memo: pd.DataFrame, title: str) -> Figure | None:
+    """Memorisation rate (%) against epoch, one panel per series: raw black, the fixed-decay
+    EMAs in colours, post-hoc lengths shaded from light (short) to dark (long), one legend
+    below for all panels. None without memorisation rows."""
+    if memo.empty:
+        return None
+    series = list(memo["series"].drop_duplicates())
+    fig = Figure(figsize=(TWO_COLUMN, 2.6), layout="constrained")
+    axes = fig.subplots(1, len(series), squeeze=False, sharey=True)[0]
+    order = sorted(memo[["kind", "decay", "variant"]].drop_duplicates().itertuples(index=False),
+                   key=lambda r: variant_rank(r.kind, r.decay, r.variant))
+    posthoc = [r.variant for r in order if r.kind == "phema"]
+    shades = colormaps["viridis_r"]
+    colours, fixed = {}, 0
+    for r in order:
+        if r.kind == "raw":
+            colours[r.variant] = ("black", "-", 1.6)
+        elif r.kind == "phema":  # light = short, dark = long
+            shade = 0.15 + 0.75 * posthoc.index(r.variant) / max(1, len(posthoc) - 1)
+            colours[r.variant] = (shades(shade), "-", 0.9)
+        else:
+            colours[r.variant] = (f"C{(fixed + 1) % 10}", "--", 1.4)
+            fixed += 1
+    for ax, name in zip(axes, series, strict=True):
+        for r in order:
+            rows = memo[(memo["series"] == name) & (memo["variant"] == r.variant)]
+            if rows.empty:
+                continue
+            rows = rows.sort_values("epoch")
+            colour, style, width = colours[r.variant]
+            ax.plot(rows["epoch"], 100 * rows["mean"], style, marker=".", color=colour,
+                    lw=width, label=r.variant)
+        ax.set_title(name)
+        epoch_axis(ax)
+    axes[0].set_ylabel("generated images copying\na training image (%)")
+    top = 100 * float(memo["mean"].max())
+    axes[0].set_ylim(0, max(1.0, 1.15 * top))  # all zero: a 0-1% axis, not a line at mid-height
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.suptitle(textwrap.fill(title, 90))
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)),
+               frameon=False)
+    return fig

@@ -1,0 +1,144 @@
+"""What each extra EMA shadow costs: time of `EMABank.update()` and memory, per number of decays,
+at the study's model size, next to one full training step for scale.
+
+    python -m bench.ema_overhead                         # LIFT 64x64 (58.5M parameters), CPU
+    python -m bench.ema_overhead --model baseline --batch 8 --repeats 20 --device cuda
+
+Prints the shadows' bytes and the process's resident-memory growth when the largest bank is
+built, then per CPU thread count a Markdown table: decays tracked, median and best time of one
+update (ms), and the cost of each shadow beyond the first (the slope from 1 to the largest
+bank), next to one training step. An update is memory-bound (read the
+shadow and the weights, write the shadow: 12 bytes per parameter and shadow in float32), so the
+time per shadow is about 12 x parameters / memory bandwidth.
+
+On a CPU shared with other busy processes, torch's OpenMP threads wait for each other at the
+end of every kernel; with a few hundred tensors per update that dominates (seen here: 1.1 s per
+update with 2 threads on a loaded 2-core machine, 0.11 s with 1 thread), so each thread count
+gets its own table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+
+import torch
+
+from explore.diffusion import CosineSchedule, loss_fn_for
+from explore.ema import EMABank
+from explore.models import BaselineUNet, LiftUNet, count_parameters
+
+from .timing import load_average, measure, rss_bytes
+
+DECAYS = [0.9999, 0.999, 0.99, 0.9, 0.5, 0.1]
+
+
+def measure_memory(model: torch.nn.Module, n: int, device: torch.device) -> tuple[float, float]:
+    """(shadow MiB, growth of resident or CUDA memory in MiB) when a bank of n decays is built.
+    Measured once, first: freed shadows stay in the allocator's pools, so a second bank would
+    not grow the process."""
+    gc.collect()
+    before = rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
+    bank = EMABank(model, decays=DECAYS[:n])
+    after = rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
+    shadow_bytes = sum(t.numel() * t.element_size() for tr in bank.tracks
+                       for t in tr.shadow.values())
+    del bank
+    gc.collect()
+    return shadow_bytes / 2**20, (after - before) / 2**20
+
+
+def measure_bank(model: torch.nn.Module, n: int, repeats: int, device: torch.device) -> dict:
+    """Time the update of a bank of n decays."""
+    bank = EMABank(model, decays=DECAYS[:n])
+    shadow_bytes = sum(t.numel() * t.element_size() for tr in bank.tracks
+                       for t in tr.shadow.values())
+    st = measure({"update": bank.update}, repeats, 2, device)["update"]
+    del bank
+    gc.collect()
+    return {"decays": n, "median_ms": 1e3 * st["median_s"], "best_ms": 1e3 * st["min_s"],
+            "shadow_mb": shadow_bytes / 2**20}
+
+
+def measure_train_step(model: torch.nn.Module, batch: int, repeats: int,
+                       device: torch.device) -> float:
+    """Median seconds of one AdamW training step (forward, backward, clip, step) at `batch`."""
+    loss_fn, schedule = loss_fn_for(model), CosineSchedule()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = torch.rand(batch, 3, model.image_size, model.image_size, device=device) * 2 - 1
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model, schedule, images, generator=gen)["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return measure({"step": step}, repeats, 1, device)["step"]["median_s"]
+
+
+def table(rows: list[dict], params: int, step_s: float | None, batch: int) -> str:
+    lines = ["| decays | update median (ms) | update best (ms) | shadows (MiB) |",
+             "|---:|---:|---:|---:|"]
+    lines += [f"| {r['decays']} | {r['median_ms']:.1f} | {r['best_ms']:.1f} | "
+              f"{r['shadow_mb']:.0f} |" for r in rows]
+    first, last = rows[0], rows[-1]
+    extra = max(1, last["decays"] - first["decays"])
+    per_ms = (last["median_ms"] - first["median_ms"]) / extra
+    lines += ["", f"Per extra shadow: +{per_ms:.1f} ms per optimizer step (median slope from "
+              f"{first['decays']} to {last['decays']} decays)."]
+    if step_s is not None:
+        lines.append(f"One training step (AdamW, batch {batch}): {1e3 * step_s:.0f} ms (median), "
+                     f"so each extra shadow adds {100 * per_ms / (1e3 * step_s):.1f}% of a step.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m bench.ema_overhead",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["lift", "baseline"], default="lift")
+    parser.add_argument("--max-decays", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=4, help="training step batch (0: skip)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", default=None,
+                        help="comma-separated CPU thread counts, one table each (default: 1 "
+                             "and torch's default)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    default_threads = torch.get_num_threads()
+    threads = ([int(t) for t in args.threads.split(",")] if args.threads
+               else sorted({1, default_threads}))
+    torch.manual_seed(0)
+    model = (LiftUNet() if args.model == "lift" else BaselineUNet()).to(device)
+    params = count_parameters(model)
+    command = " ".join(["python -m bench.ema_overhead",
+                        *(argv if argv is not None else sys.argv[1:])])
+    loads = load_average()
+    load = ", ".join(f"{x:.1f}" for x in loads) if loads is not None else "?"
+    parts = [f"`{command}`", "",
+             f"{type(model).__name__} ({params / 1e6:.1f}M parameters, fp32) on {device} "
+             f"({platform.machine()}, {os.cpu_count()} cores, load average {load} at start), "
+             f"torch {torch.__version__}; {args.repeats} timed updates per row."]
+    shadow_mb, growth_mb = measure_memory(model, args.max_decays, device)
+    parts += ["", f"Memory: a bank of {args.max_decays} decays holds {shadow_mb:.0f} MiB of "
+              f"float32 shadows ({shadow_mb / args.max_decays:.0f} MiB = 4 bytes x "
+              f"{params / 1e6:.1f}M per decay); building it grew the process by "
+              f"{growth_mb:.0f} MiB ({growth_mb / args.max_decays:.0f} MiB per decay)."]
+    for n_threads in threads if device.type == "cpu" else [default_threads]:
+        torch.set_num_threads(n_threads)
+        rows = [measure_bank(model, n, args.repeats, device)
+                for n in range(1, args.max_decays + 1)]
+        step_s = (measure_train_step(model, args.batch, max(3, args.repeats // 3), device)
+                  if args.batch else None)
+        parts += ["", f"{n_threads} thread(s):", "", table(rows, params, step_s, args.batch)]
+        print("\n".join(parts[-4:]) if len(parts) > 9 else "\n".join(parts), flush=True)
+    torch.set_num_threads(default_threads)
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    main()

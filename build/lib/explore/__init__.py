@@ -1,0 +1,1 @@
+"""Baseline vs LIFT EMA study: models, EMA, training, sampling, FID."""

@@ -1,0 +1,1 @@
+"""Running many jobs: local devices in parallel (submitit LocalExecutor), SLURM."""

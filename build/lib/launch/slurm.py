@@ -1,0 +1,75 @@
+"""Running the study's jobs on a SLURM cluster through submitit (one GPU per job by default).
+
+Same interface as `launch.pool.DeviceQueue` (submit / poll / cancel_all / busy): the cluster
+does the queueing, so every ticket is submitted at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+
+from .pool import Slot, Ticket, collect
+
+
+class SlurmQueue:
+    def __init__(self, params: Mapping):
+        self.params = dict(params)
+        self.tickets: list[Ticket] = []
+
+    def executor_parameters(self) -> dict:
+        """submitit AutoExecutor parameters from the `launcher` config."""
+        p = self.params
+        out = {"timeout_min": int(p.get("timeout_min", 60)),
+               # SLURM signals the job this long before its time limit (or on preemption):
+               # training saves its resume state and the job is requeued
+               "slurm_signal_delay_s": int(p.get("signal_delay_s", 90)),
+               "gpus_per_node": int(p.get("gpus_per_node", 1) or 0),
+               "cpus_per_task": int(p.get("cpus_per_task", 1) or 1)}
+        if p.get("mem_gb"):
+            out["mem_gb"] = int(p["mem_gb"])
+        for key in ("partition", "account", "qos", "gres", "constraint"):
+            if p.get(key):
+                out[f"slurm_{key}"] = p[key]
+        if p.get("setup"):
+            out["slurm_setup"] = list(p["setup"])
+        if p.get("additional_parameters"):
+            out["slurm_additional_parameters"] = dict(p["additional_parameters"])
+        return out
+
+    def submit(self, ticket: Ticket) -> Ticket:
+        import submitit
+
+        # max_num_timeout is the executor's (requeues after a timeout), not a job parameter
+        ex = submitit.AutoExecutor(folder=ticket.folder, cluster="slurm",
+                                   slurm_max_num_timeout=int(self.params.get("max_num_timeout",
+                                                                             20) or 0))
+        ex.update_parameters(name=ticket.name, **self.executor_parameters())
+        gpus = int(self.params.get("gpus_per_node", 1) or 0)
+        # inside a SLURM job the allocated GPU is cuda:0; CPU jobs use the task's cores
+        slot = Slot("cuda" if gpus else "cpu", 0, int(self.params.get("cpus_per_task", 1) or 1))
+        ticket.job = ex.submit(ticket.fn, *ticket.args, slot)
+        ticket.slot, ticket.state, ticket.started = slot, "running", time.time()
+        ticket.extra["slurm_job_id"] = ticket.job.job_id
+        self.tickets.append(ticket)
+        return ticket
+
+    def poll(self) -> list[Ticket]:
+        ended = []
+        for t in self.tickets:
+            if t.state == "running" and t.job.done():
+                collect(t)
+                ended.append(t)
+        return ended
+
+    def cancel_all(self) -> None:
+        for t in self.tickets:
+            if t.state == "running":
+                with contextlib.suppress(Exception):
+                    t.job.cancel(check=False)
+                t.state = "cancelled"
+
+    @property
+    def busy(self) -> bool:
+        return any(not t.finished for t in self.tickets)
