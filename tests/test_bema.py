@@ -346,3 +346,10 @@ def test_validation(bad, match):
         BEMA(Net(), **bad)
     BEMA(Net(), ema_power=0.0, lag=0.2, multiplier=0.5)  # beta = 1 whatever the base
 
+
+def test_overhead_bench_times_bema_against_an_ema():
+    from bench.ema_overhead import bema_table, measure_bema
+
+    r = measure_bema(Net(), 3, torch.device("cpu"))
+    assert r["bema_mb"] == pytest.approx(3 * r["ema_mb"]) and r["bema_best_ms"] > 0
+    assert "BEMA's update takes" in bema_table(r, 0.5) and "% of a" in bema_table(r, 0.5)
