@@ -9,7 +9,9 @@ built, then per CPU thread count a Markdown table: decays tracked, median and be
 update (ms), and the cost of each shadow beyond the first (the slope from 1 to the largest
 bank), next to one training step. An update is memory-bound (read the
 shadow and the weights, write the shadow: 12 bytes per parameter and shadow in float32), so the
-time per shadow is about 12 x parameters / memory bandwidth.
+time per shadow is about 12 x parameters / memory bandwidth. Then BEMA (explore.ema.bema, timed
+interleaved with one EMA track): three float32 copies of the weights and about 56 bytes
+streamed per parameter and update (`--no-bema` skips it).
 
 On a CPU shared with other busy processes, torch's OpenMP threads wait for each other at the
 end of every kernel; with a few hundred tensors per update that dominates (seen here: 1.1 s per
@@ -28,7 +30,7 @@ import sys
 import torch
 
 from explore.diffusion import CosineSchedule, loss_fn_for
-from explore.ema import EMABank
+from explore.ema import BEMA, EMA, EMABank
 from explore.models import BaselineUNet, LiftUNet, count_parameters
 
 from .timing import load_average, measure, rss_bytes
@@ -61,6 +63,43 @@ def measure_bank(model: torch.nn.Module, n: int, repeats: int, device: torch.dev
     gc.collect()
     return {"decays": n, "median_ms": 1e3 * st["median_s"], "best_ms": 1e3 * st["min_s"],
             "shadow_mb": shadow_bytes / 2**20}
+
+
+def _buffer_mib(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def measure_bema(model: torch.nn.Module, repeats: int, device: torch.device) -> dict:
+    """Time one BEMA update (past its burn-in, as in training) against one EMA track's,
+    interleaved so that load hits both alike; and the float32 buffers each keeps."""
+    ema, bema = EMA(model, decay=DECAYS[0]), BEMA(model)
+    st = measure({"ema": ema.update, "bema": bema.update}, repeats, 2, device)
+    out = {"ema_median_ms": 1e3 * st["ema"]["median_s"], "ema_best_ms": 1e3 * st["ema"]["min_s"],
+           "bema_median_ms": 1e3 * st["bema"]["median_s"],
+           "bema_best_ms": 1e3 * st["bema"]["min_s"],
+           "ema_mb": _buffer_mib(ema.shadow.values()),
+           "bema_mb": _buffer_mib([*bema.shadow.values(), *bema.mu.values(),
+                                   *bema.theta0.values()])}
+    del ema, bema
+    gc.collect()
+    return out
+
+
+def bema_table(r: dict, step_s: float | None) -> str:
+    lines = ["| average | update median (ms) | update best (ms) | float32 buffers (MiB) |",
+             "|---|---:|---:|---:|",
+             f"| EMA (one track) | {r['ema_median_ms']:.1f} | {r['ema_best_ms']:.1f} | "
+             f"{r['ema_mb']:.0f} |",
+             f"| BEMA (mu, theta0, output) | {r['bema_median_ms']:.1f} | {r['bema_best_ms']:.1f} "
+             f"| {r['bema_mb']:.0f} |", ""]
+    extra = r["bema_median_ms"] - r["ema_median_ms"]
+    line = (f"BEMA's update takes {r['bema_median_ms'] / r['ema_median_ms']:.1f}x an EMA's "
+            f"(+{extra:.1f} ms per optimizer step, medians) and holds "
+            f"{r['bema_mb'] / r['ema_mb']:.0f}x its memory.")
+    if step_s is not None:
+        line += (f" A BEMA update is {100 * r['bema_median_ms'] / (1e3 * step_s):.1f}% of a "
+                 f"training step.")
+    return "\n".join(lines + [line])
 
 
 def measure_train_step(model: torch.nn.Module, batch: int, repeats: int,
@@ -104,6 +143,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4, help="training step batch (0: skip)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-bema", action="store_true", help="skip the BEMA table")
     parser.add_argument("--threads", default=None,
                         help="comma-separated CPU thread counts, one table each (default: 1 "
                              "and torch's default)")
@@ -128,6 +168,7 @@ def main(argv: list[str] | None = None) -> str:
               f"float32 shadows ({shadow_mb / args.max_decays:.0f} MiB = 4 bytes x "
               f"{params / 1e6:.1f}M per decay); building it grew the process by "
               f"{growth_mb:.0f} MiB ({growth_mb / args.max_decays:.0f} MiB per decay)."]
+    printed = 0
     for n_threads in threads if device.type == "cpu" else [default_threads]:
         torch.set_num_threads(n_threads)
         rows = [measure_bank(model, n, args.repeats, device)
@@ -135,7 +176,10 @@ def main(argv: list[str] | None = None) -> str:
         step_s = (measure_train_step(model, args.batch, max(3, args.repeats // 3), device)
                   if args.batch else None)
         parts += ["", f"{n_threads} thread(s):", "", table(rows, params, step_s, args.batch)]
-        print("\n".join(parts[-4:]) if len(parts) > 9 else "\n".join(parts), flush=True)
+        if not args.no_bema:
+            parts += ["", bema_table(measure_bema(model, args.repeats, device), step_s)]
+        print("\n".join(parts[printed:]), flush=True)  # the header with the first table
+        printed = len(parts)
     torch.set_num_threads(default_threads)
     return "\n".join(parts)
 

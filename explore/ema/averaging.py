@@ -11,9 +11,9 @@ every optimizer step, one of which is the run's primary average.
 Checkpoint layout (`checkpoint_entries()`): `ema_state` = the primary track's state (the first
 decay, or `primary`; the original study's {decay, shadow, ...} layout, so single-decay readers
 keep working), `ema_decay` = its decay, and `emas` = {weight-set name: state} for every track,
-e.g. {"ema@0.9999": ..., "ema@0.999": ...} or {"phema@0.05": ..., "phema@0.1": ...}; the
-primary's state is the same object in both places, so torch.save stores its tensors once. One
-track's state is read by `explore.ema.state.track_info`.
+e.g. {"ema@0.9999": ..., "ema@0.999": ...} or {"phema@0.05": ..., "phema@0.1": ...}, plus
+{"bema": ...} with a BEMA; the primary's state is the same object in both places, so torch.save
+stores its tensors once. One track's state is read by `explore.ema.state.track_info`.
 """
 
 from __future__ import annotations
@@ -79,10 +79,12 @@ class Averaging:
 
     def metrics(self) -> dict[str, float]:
         """metrics.csv columns: ema_<stat> for the primary exponential track, ema_<stat>@<decay>
-        for the other decays, phema_<stat>@<sigma_rel> for power-function tracks."""
+        for the other decays, phema_<stat>@<sigma_rel> for power-function tracks, bema_<stat>
+        for the BEMA (one per run: its name has no @)."""
         row: dict[str, float] = {}
         for t in self._ordered():
-            suffix = "" if t is self.primary and t.kind == "ema" else "@" + t.name.split("@")[1]
+            plain = (t is self.primary and t.kind == "ema") or "@" not in t.name
+            suffix = "" if plain else "@" + t.name.split("@")[1]
             row.update({f"{t.kind}_{k}{suffix}": v for k, v in t.delta_stats().items()})
         return row
 

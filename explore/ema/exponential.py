@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from .averaging import Averaging, Bank
+from .bema import bema_track
 from .names import ema_name
 from .tensors import LiveTensors, Track
 
@@ -227,6 +228,8 @@ class EMABank(Bank):
 
     decays: list of decays; `primary` (a decay, default the first) is the run's `ema_state`.
     The other settings are those of `EMA` and apply to every decay.
+    bema: BEMA's keywords ({} for its defaults; update_every defaults to the bank's) to track a
+        bias-corrected EMA (explore.ema.bema, weight set `bema`) beside the decays; None: none.
 
     Cost per decay (python -m bench.ema_overhead; LIFT 58.5M parameters, this 2-core CPU,
     torch 2.15): 223 MiB of float32 shadow and 23 ms per optimizer step with 2 threads (38 ms
@@ -238,7 +241,8 @@ class EMABank(Bank):
                  primary: float | None = None, start_step: int = 0, update_every: int = 1,
                  warmup: str | None = None, inv_gamma: float = 1.0, power: float = 2.0 / 3.0,
                  min_decay: float = 0.0, bias_correction: bool = False,
-                 half_lives_kimg: Sequence[float] | None = None, batch_size: int | None = None):
+                 half_lives_kimg: Sequence[float] | None = None, batch_size: int | None = None,
+                 bema: dict | None = None):
         if half_lives_kimg:  # lengths in images instead of decays (primary: a half-life too)
             decays = [_decay(None, h, batch_size) for h in half_lives_kimg]
             primary = _decay(None, primary, batch_size) if primary is not None else None
@@ -249,5 +253,7 @@ class EMABank(Bank):
         tracks = [EMA(decay=d, start_step=start_step, update_every=update_every, warmup=warmup,
                       inv_gamma=inv_gamma, power=power, min_decay=min_decay,
                       bias_correction=bias_correction, live=live) for d in decays]
+        if bema is not None:
+            tracks.append(bema_track(live, bema, update_every))
         super().__init__(live, tracks, decays.index(float(primary)) if primary is not None
                          else 0)

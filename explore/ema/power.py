@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .averaging import Bank
+from .bema import bema_track
 from .names import phema_name
 from .tensors import EMAStateError, LiveTensors, Track
 
@@ -136,6 +137,9 @@ class PostHocEMA(Bank):
     decays: exponential EMAs tracked beside them (e.g. the study's fixed 0.9999), the first
         being the run's primary average (`ema`), so a run has the fixed-decay EMA and the
         material for any other length; they are not snapshotted (nothing is rebuilt from them).
+    bema: BEMA's keywords ({} for its defaults; update_every defaults to the bank's) to track a
+        bias-corrected EMA (explore.ema.bema, weight set `bema`) after the other tracks; it is
+        not snapshotted either. None: none.
 
     Reconstruction quality grows with the number of snapshots: reconstructing sigma_rel 0.10
     from 0.05 and 0.15 over a 600-step random walk, 12/30/60 snapshot times gave a relative
@@ -144,7 +148,7 @@ class PostHocEMA(Bank):
 
     def __init__(self, model: nn.Module, sigma_rels: Sequence[float] = (0.05, 0.10),
                  snapshot_every: int | str | None = "auto", update_every: int = 1,
-                 decays: Sequence[float] | None = None):
+                 decays: Sequence[float] | None = None, bema: dict | None = None):
         from .exponential import EMA
 
         if snapshot_every not in (None, "auto") and int(snapshot_every) < 1:
@@ -153,6 +157,8 @@ class PostHocEMA(Bank):
         live = LiveTensors(model)
         tracks = [EMA(decay=d, update_every=update_every, live=live) for d in decays or []]
         tracks += [PowerEMA(live, s, update_every) for s in sigma_rels]
+        if bema is not None:
+            tracks.append(bema_track(live, bema, update_every))
         super().__init__(live, tracks)
         self.snapshot_setting = snapshot_every
         self.snapshot_every = (int(snapshot_every) if snapshot_every not in (None, "auto")

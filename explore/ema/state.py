@@ -2,11 +2,13 @@
 or a post-hoc reconstruction by explore.posthoc, as one `TrackInfo`. The only reader of these
 keys outside the tracks' own `load_state_dict`.
 
-    every track    kind ("ema" | "phema"), name, shadow {entry: float32 tensor}, buffers, step,
-                   num_updates, update_every, decay_product, init_weight, window_steps,
-                   decay, last_decay
+    every track    kind ("ema" | "phema" | "bema"), name, shadow {entry: float32 tensor},
+                   buffers, step, num_updates, update_every, decay_product, init_weight,
+                   window_steps, decay, last_decay
     "ema"          + start_step, warmup, inv_gamma, power, min_decay, bias_correction
     "phema"        + sigma_rel, gamma (decay: the decay of its last update)
+    "bema"         + ema_power, bias_power, lag, multiplier, burn_in, last_beta, last_alpha,
+                   mu, theta0 (shadow: the BEMA value; decay: mu's last 1 - beta)
     original study decay, shadow (parameters only; no counters)
     reconstructed  kind "phema", name, sigma_rel, gamma, step, init_weight, window_steps, shadow
                    (no counters: its optimizer steps are its step)
@@ -27,7 +29,7 @@ from .power import sigma_rel_to_gamma
 
 @dataclass
 class TrackInfo:
-    kind: str                          # "ema" (exponential) or "phema" (power function)
+    kind: str                          # "ema" (exponential), "phema" (power function), "bema"
     name: str | None                   # ema@0.999, phema@0.1 (None: the original study's)
     shadow: dict[str, torch.Tensor]    # entry name (maybe with wrapper prefixes) -> tensor
     step: int | None                   # optimizer steps the track has seen (None: not stored)
@@ -36,16 +38,21 @@ class TrackInfo:
     decay: float | None                # exponential decay (None for a power profile)
     init_weight: float | None          # weight on the initial weights (None: not stored)
     window_steps: float                # averaging window in optimizer steps: 1/(1 - decay), or
-                                       # sigma_rel x t for a power profile (stored, or implied)
+                                       # sigma_rel x t for a power profile (stored, or implied),
+                                       # mu's N/beta for a BEMA
     sigma_rel: float | None = None     # power profiles
     gamma: float | None = None
     rule: dict | None = None           # an exponential EMA's update rule (update_every,
-                                       # start_step, warmup, ..., bias_correction), if stored
+                                       # start_step, warmup, ..., bias_correction), or a BEMA's
+                                       # settings (ema_power, ..., burn_in), if stored
 
     def length(self, step: int):
-        """Its length (explore.ema.length.Length: sigma_rel, half-life) at optimizer `step`."""
+        """Its length (explore.ema.length.Length: sigma_rel, half-life) at optimizer `step`;
+        None for a BEMA, whose profile has a negative weight (the bias term's on theta0)."""
         from .length import exponential_length, power_length
 
+        if self.kind == "bema":
+            return None
         if self.kind == "phema":
             gamma = self.gamma if self.gamma is not None else sigma_rel_to_gamma(self.sigma_rel)
             return power_length(self.sigma_rel, gamma, step)
@@ -90,6 +97,11 @@ def track_info(state: dict, checkpoint_state: dict | None = None,
         return TrackInfo("phema", state.get("name"), state["shadow"], step, updates, False,
                          None, 0.0 if init_weight is None else float(init_weight), window,
                          sigma_rel, gamma)
+    if state.get("kind") == "bema":
+        rule = {k: state[k] for k in _BEMA_RULE if state.get(k) is not None}
+        return TrackInfo("bema", state.get("name"), state["shadow"], step, updates, False, None,
+                         None if init_weight is None else float(init_weight),
+                         float(state.get("window_steps", 0.0)), rule=rule)
     decay = float(state.get("decay", checkpoint_state.get("ema_decay")))
     rule = {k: state[k] for k in _RULE if state.get(k) is not None}
     return TrackInfo("ema", state.get("name"), state["shadow"], step, updates, estimated, decay,
@@ -100,6 +112,8 @@ def track_info(state: dict, checkpoint_state: dict | None = None,
 # an exponential state's settings that shape its averaging profile (explore.ema.length)
 _RULE = ("num_updates", "update_every", "start_step", "warmup", "inv_gamma", "power",
          "min_decay", "bias_correction")
+_BEMA_RULE = ("num_updates", "update_every", "ema_power", "bias_power", "lag", "multiplier",
+              "burn_in")
 
 
 def power_states(checkpoint_state: dict | None) -> dict[str, TrackInfo]:

@@ -11,7 +11,8 @@ step. A bank casts the model's weights to float32 once per step for all its shad
 one foreach kernel per shadow. Everything runs under no_grad: no shadow is ever in autograd.
 
 How a track moves at each optimizer step is its subclass's business (`_advance`):
-`exponential.EMA` and `power.PowerEMA`.
+`exponential.EMA` and `power.PowerEMA`; `bema.BEMA` also replaces `_absorb` (it keeps two more
+float32 buffers).
 
 The EMA must be built on the unwrapped model (not on a DDP or torch.compile wrapper) after the
 model has been moved to its device; shadows live on the model's device. Names are stored without
@@ -124,7 +125,8 @@ class Track:
 
     Subclasses say how each optimizer step updates it (`_advance`): not at all (None), by a lerp
     towards the raw weights with weight w in (0, 1), or by a copy of them (w = 1, done as an
-    exact copy).
+    exact copy). A subclass with its own `_absorb` may return anything else that is not None:
+    the bank hands it to that `_absorb` with the float32 sources.
     """
 
     kind = ""
