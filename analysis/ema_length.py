@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
-from explore.runfiles import fmt_value, parse_weights
+from explore.ema.names import fmt_value, parse_weights
 
 from .figures import (
     ONE_COLUMN,

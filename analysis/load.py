@@ -1,6 +1,6 @@
 """Load a study's run folders into tidy pandas frames (load -> tidy frame -> plot).
 
-The files of a run folder are `explore.runfiles`' contract (found anywhere below a study folder
+The files of a run folder are `explore.run.folder`' contract (found anywhere below a study folder
 by their ``run.json``):
 
 - ``run.json`` (`RunInfo`): run, model, seed, ema_decay (primary), ema_decays, schedule,
@@ -30,20 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from explore.errors import UserError
-from explore.runfiles import (
-    EMA_SHARE_LOW,
-    FID_COLUMNS,
-    FID_FILE,
-    LEGACY_VALUES,
-    METRICS_FILE,
-    PROTOCOL_COLUMNS,
-    RUN_FILE,
-    find_run_dirs,
-    fmt_value,
-    parse_weights,
-    read_run_info,
-)
+from explore.core.errors import UserError
+from explore.ema.names import EMA_SHARE_LOW, fmt_value, parse_weights
+from explore.run.folder import FID_FILE, METRICS_FILE, RUN_FILE, find_run_dirs
+from explore.run.info import read_run_info
+from explore.run.results import FID_COLUMNS, LEGACY_VALUES, PROTOCOL_COLUMNS
 
 # (model, sampling path) -> label; the order here is the order of rows, columns and colours.
 SERIES = {
@@ -282,7 +273,7 @@ def ema_diagnostics(metrics: pd.DataFrame) -> pd.DataFrame:
     for column in metrics.columns:
         if not column.startswith("ema_") or column in _NOT_EMA_DIAGNOSTICS:
             continue
-        if "loss" in column:  # held-out losses of the EMA (explore.heldout): their own figure
+        if "loss" in column:  # held-out losses of the EMA (training.heldout): their own figure
             continue
         quantity, _, arg = column.partition("@")
         decay = float(arg) if arg else metrics["ema_decay"]

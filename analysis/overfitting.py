@@ -1,11 +1,11 @@
 """Is the late FID rise overfitting? The held-out loss and the memorisation rate, per weight set.
 
-- Held-out loss (explore.heldout): metrics.csv ``loss_train_fixed``, ``loss_holdout`` and
+- Held-out loss (explore.training.heldout): metrics.csv ``loss_train_fixed``, ``loss_holdout`` and
   ``loss_gap`` (held-out - training) for the raw weights, ``ema_<those>[@<decay>]`` and
   ``phema_<those>@<sigma_rel>`` for the averages. Only runs with held-out images have them.
-- Memorisation (explore.memorization): fid.csv ``memorization``, the share of generated images
-  that are near-copies of a training image, per weight set and epoch (eval.metrics=[...,
-  memorization]).
+- Memorisation (explore.evaluation.memorization): fid.csv ``memorization``, the share of
+  generated images that are near-copies of a training image, per weight set and epoch
+  (eval.metrics=[..., memorization]).
 
 Each figure is None when its columns are absent, and the report then says so.
 """
@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from explore.runfiles import fmt_value
+from explore.ema.names import fmt_value
 
 from .figures import TWO_COLUMN, _paper, epoch_axis, model_colour
 from .load import model_name

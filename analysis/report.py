@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from explore.errors import UserError
+from explore.core.errors import UserError
 
 from . import ema_length as length
 from .figures import (

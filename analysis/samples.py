@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from explore.runfiles import GRIDS_DIR, HEATMAPS_DIR, SAMPLES_DIR, parse_weights
+from explore.ema.names import parse_weights
+from explore.run.folder import GRIDS_DIR, HEATMAPS_DIR, SAMPLES_DIR
 
 from .tables import variant_rank
 

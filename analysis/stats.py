@@ -8,8 +8,8 @@ Two kinds, chosen by what the evaluation measured (`paired_interval`):
   several training seeds, each training seed's difference is first averaged over its sampling
   seeds and the interval is over training seeds (the unit a claim about the recipe rests on).
 * one seed: the percentile interval of ema_b - raw_b over the evaluation's bootstrap replicates
-  (explore.metrics.FidBootstrap), whose replicate b of both weight sets resamples the same
-  generated images (eval.bootstrap_seed). It covers the sampling of the generated images only:
+  (explore.evaluation.metrics.FidBootstrap), whose replicate b of both weight sets resamples the
+  same generated images (eval.bootstrap_seed). It covers the sampling of the generated images only:
   not the real subset, not a second training run.
 
 `t_quantile` is exact for integer degrees of freedom: the Student t CDF has a closed form then

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from explore.runfiles import parse_replicates
+from explore.run.results import parse_replicates
 
 from .load import series_rank
 from .stats import Interval, paired_interval

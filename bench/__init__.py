@@ -16,9 +16,10 @@ median of several repetitions after warm-up, with min and max, and their ratio:
 - train: training-step throughput of Baseline and LIFT, harness defaults (explore.train.train_step
   + EMA) vs a plain fp32 loop, and each speed option of the training config (trainer.precision=bf16,
   trainer.channels_last, optim.optimizer.fused, trainer.compile) against the harness defaults;
-- heatmap: the error heatmap (explore.heatmap) vs the per-cell, per-scale, per-probe jvp loop;
-- dp: the DP path (explore.dp_path) vs four nested loops, and whether path and cost are identical;
-- sampling: 18-step DDIM throughput of both models (explore.sampling vs a per-step loop).
+- heatmap: the error heatmap (explore.lift.heatmap) vs the per-cell, per-scale, per-probe jvp loop;
+- dp: the DP path (explore.lift.dp_path) vs four nested loops, and whether path and cost are
+  identical;
+- sampling: 18-step DDIM throughput of both models (explore.nets.sampling vs a per-step loop).
 
 A ratio is always "how many times faster the harness is": naive time / harness time, or harness
 images/s / naive images/s. Output: a Markdown table on the terminal and, with --out, JSON with the

@@ -1,4 +1,4 @@
-"""DP-path benchmark: explore.dp_path.optimal_path vs four nested loops on a synthetic heatmap,
+"""DP-path benchmark: explore.lift.dp_path.optimal_path vs four nested loops on a synthetic heatmap,
 and whether both give the identical path and cost (DP-Total and DP-64)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from explore.diffusion import CosineSchedule
-from explore.dp_path import grid_timesteps, optimal_path
-from explore.heatmap import gamma_snr
+from explore.lift.dp_path import grid_timesteps, optimal_path
+from explore.lift.heatmap import gamma_snr
+from explore.nets.diffusion import CosineSchedule
 
 from .config import BenchConfig
 from .naive import naive_optimal_path
@@ -43,7 +43,7 @@ def bench_dp(cfg: BenchConfig, device: torch.device) -> dict:
     dp64 = optimal_path(e64, zeros, lam, *args) == naive_optimal_path(e64, zeros, lam, *args)
     return {"config": {"grid": cfg.dp_grid, "steps": cfg.dp_steps, "max_jump": cfg.dp_max_jump,
                        "reps": cfg.reps, "input": "synthetic heatmap: gamma(SNR) x log-normal",
-                       "harness": "explore.dp_path.optimal_path",
+                       "harness": "explore.lift.dp_path.optimal_path",
                        "naive": "four nested loops per layer (bench.naive)"},
             "harness": stats["harness"], "naive": stats["naive"],
             "ratio": ratio(stats["naive"]["median_s"], stats["harness"]["median_s"]),

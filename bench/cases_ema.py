@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from explore.ema import EMA
-from explore.models import count_parameters
+from explore.nets.models import count_parameters
 
 from .cases_train import train_config
 from .config import EMA_DECAY, BenchConfig

@@ -1,4 +1,4 @@
-"""Heatmap benchmark: the error heatmap (explore.heatmap) vs the per-cell, per-scale, per-probe
+"""Heatmap benchmark: the error heatmap (explore.lift.heatmap) vs the per-cell, per-scale, per-probe
 jvp loop, on the same images and random draws; also checks that both compute the same map."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from explore.diffusion import CosineSchedule
-from explore.heatmap import error_heatmap, pick_images
-from explore.models_jvp import fast_path_supported
+from explore.lift.heatmap import error_heatmap, pick_images
+from explore.lift.heatmap_jvp import fast_path_supported
+from explore.nets.diffusion import CosineSchedule
 
 from .config import BenchConfig, ModelSize
 from .naive import naive_error_heatmap
@@ -44,7 +44,7 @@ def _heatmap_case(size: ModelSize, grid: int, batch: int, probes: int, reps: int
                       "warmup": warmup,
                       "tangents": ("written-out LiftUNet forward-mode pass"
                                    if fast_path_supported(model) else "torch.func vmap(jvp)"),
-                      "harness": "explore.heatmap.error_heatmap",
+                      "harness": "explore.lift.heatmap.error_heatmap",
                       "naive": "per cell, per scale, per probe torch.func.jvp"},
            "harness": stats["harness"], "naive": stats["naive"],
            "ratio": ratio(stats["naive"]["median_s"], stats["harness"]["median_s"]),

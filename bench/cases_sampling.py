@@ -1,13 +1,13 @@
-"""Sampling benchmark: 18-step DDIM throughput of both models, explore.sampling (LIFT on the
+"""Sampling benchmark: 18-step DDIM throughput of both models, explore.nets.sampling (LIFT on the
 diagonal path) vs a per-step loop, from the same starting noise; also compares their images."""
 
 from __future__ import annotations
 
 import torch
 
-from explore.data import to_uint8
-from explore.diffusion import CosineSchedule
-from explore.sampling import diagonal_path, initial_noise, sample_baseline, sample_lift
+from explore.nets.data import to_uint8
+from explore.nets.diffusion import CosineSchedule
+from explore.nets.sampling import diagonal_path, initial_noise, sample_baseline, sample_lift
 
 from .config import KINDS, BenchConfig
 from .naive import naive_sample_baseline, naive_sample_lift
@@ -18,7 +18,7 @@ def bench_sampling(cfg: BenchConfig, device: torch.device) -> dict:
     size, n, steps = cfg.sample_size, cfg.sample_images, cfg.sample_steps
     out: dict = {"config": {"model_size": size.describe(), "images": n, "steps": steps,
                             "batch": n, "reps": cfg.sample_reps, "eta": 0,
-                            "harness": "explore.sampling (LIFT: diagonal path)",
+                            "harness": "explore.nets.sampling (LIFT: diagonal path)",
                             "naive": "per-step DDIM loop, original-style step"}}
     for kind in KINDS:
         out[kind] = _sampling_case(kind, cfg, device)

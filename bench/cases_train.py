@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from explore.config import compose
-from explore.diffusion import CosineSchedule
+from explore.core.config import compose
+from explore.nets.diffusion import CosineSchedule
 
 from .config import EMA_DECAY, KINDS, TRAIN_OPTIONS, BenchConfig, ModelSize
 from .harness_trainer import HarnessTrainer

@@ -36,7 +36,7 @@ class ModelSize:
                 f"model.attn_min_ch={self.attn_min_ch}"]
 
     def build(self, kind: str) -> torch.nn.Module:
-        from explore.models import BaselineUNet, LiftUNet
+        from explore.nets.models import BaselineUNet, LiftUNet
 
         cls = BaselineUNet if kind == "baseline" else LiftUNet
         return cls(hidden_dims=list(self.hidden_dims), image_size=self.image_size,

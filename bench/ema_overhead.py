@@ -29,9 +29,9 @@ import sys
 
 import torch
 
-from explore.diffusion import CosineSchedule, loss_fn_for
 from explore.ema import BEMA, EMA, EMABank
-from explore.models import BaselineUNet, LiftUNet, count_parameters
+from explore.nets.diffusion import CosineSchedule, loss_fn_for
+from explore.nets.models import BaselineUNet, LiftUNet, count_parameters
 
 from .timing import load_average, measure, rss_bytes
 

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from explore.diffusion import CosineSchedule, loss_fn_for
-from explore.dp_path import check_step_count, grid_timesteps, prepare_inputs
-from explore.heatmap import (
+from explore.lift.dp_path import check_step_count, grid_timesteps, prepare_inputs
+from explore.lift.heatmap import (
     Heatmap,
     cell_draws,
     gamma_snr,
@@ -24,16 +23,17 @@ from explore.heatmap import (
     inference_context,
     model_device_dtype,
 )
-from explore.models import downsample
+from explore.nets.diffusion import CosineSchedule, loss_fn_for
+from explore.nets.models import downsample
 
 # ---------------------------------------------------------------------------------------------
-# DP path: reference for explore.dp_path.optimal_path
+# DP path: reference for explore.lift.dp_path.optimal_path
 # ---------------------------------------------------------------------------------------------
 
 
 def naive_optimal_path(error_64, error_32, log_snr, num_steps: int = 18, max_jump: int = 5
                        ) -> tuple[list[tuple[int, int]], float]:
-    """Same contract and result as `explore.dp_path.optimal_path`, with nested Python loops.
+    """Same contract and result as `explore.lift.dp_path.optimal_path`, with nested Python loops.
 
     Loops: layers k, target cells (i2, j2), predecessors (i, j) in ascending lexicographic order,
     keeping the first strict minimum of (dp + c64) + c32: the same tie-break and float order as
@@ -77,14 +77,14 @@ def naive_optimal_path(error_64, error_32, log_snr, num_steps: int = 18, max_jum
 
 
 # ---------------------------------------------------------------------------------------------
-# Error heatmap: reference for explore.heatmap.error_heatmap
+# Error heatmap: reference for explore.lift.heatmap.error_heatmap
 # ---------------------------------------------------------------------------------------------
 
 
 def naive_error_heatmap(model: nn.Module, schedule: CosineSchedule, images: torch.Tensor, *,
                         grid_size: int = 30, num_probes: int = 4, seed: int = 0,
                         progress: bool = False) -> Heatmap:
-    """Same contract and numbers as `explore.heatmap.error_heatmap` (up to float rounding).
+    """Same contract and numbers as `explore.lift.heatmap.error_heatmap` (up to float rounding).
 
     One grid cell, one scale and one probe per `torch.func.jvp` call, in Python loops; the same
     per-cell random draws (`cell_draws`), so the estimates match the batched version.
@@ -179,7 +179,7 @@ def naive_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
 
 
 # ---------------------------------------------------------------------------------------------
-# DDIM sampling: reference for explore.sampling.sample_baseline / sample_lift
+# DDIM sampling: reference for explore.nets.sampling.sample_baseline / sample_lift
 # ---------------------------------------------------------------------------------------------
 
 

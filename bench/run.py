@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from explore.devices import resolve_device
-from explore.errors import UserError
-from explore.files import atomic_write
+from explore.core.devices import resolve_device
+from explore.core.errors import UserError
+from explore.core.files import atomic_write
 
 from .cases_dp import bench_dp
 from .cases_ema import bench_ema

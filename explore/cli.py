@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from .config import CONF_DIR, register_resolvers
-from .errors import UserError
+from explore.core.config import CONF_DIR, register_resolvers
+from explore.core.errors import UserError
 
 
 def hydra_entry(config_name: str, task: Callable[[DictConfig], object],

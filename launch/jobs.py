@@ -7,8 +7,8 @@ same as typing `python -m explore.train ...` / `python -m explore.evaluate ...` 
 Both are `submitit.helpers.Checkpointable`: when SLURM signals a time limit or a preemption,
 submitit calls their `checkpoint()`, which resubmits the same call, and requeues the job (up to
 `launcher.max_num_timeout` times for time limits). Training first saves its resume state at the
-next step boundary (explore.preemption), so the requeued job continues bit for bit; evaluation
-starts again at its first missing row. A requeued job notes its restart count in
+next step boundary (explore.training.preemption), so the requeued job continues bit for bit;
+evaluation starts again at its first missing row. A requeued job notes its restart count in
 <run>/logs/<stage>.restarts for the study's progress line.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import submitit
 
-from explore.runfiles import TRAIN_LOG
+from explore.run.folder import TRAIN_LOG
 
 from .pool import Slot
 
@@ -46,7 +46,7 @@ def _setup(run_dir: Path, slot: Slot, log_name: str | None) -> None:
 
 def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     """Train (or resume) one run of the study."""
-    from explore.config import compose
+    from explore.core.config import compose
     from explore.train import train
 
     run = Path(run_dir)
@@ -63,7 +63,7 @@ def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
 
 def eval_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     """Evaluate every checkpoint of one run (finished rows are kept)."""
-    from explore.config import compose
+    from explore.core.config import compose
     from explore.evaluate import evaluate
 
     run = Path(run_dir)
@@ -82,7 +82,7 @@ def _note_restarts(run_dir: str, stage: str) -> None:
     """SLURM counts the requeues of a job in SLURM_RESTART_COUNT: keep it for the study."""
     n = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     if n:
-        from explore.runfiles import RunFolder
+        from explore.run.folder import RunFolder
 
         path = RunFolder(run_dir).restarts(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ class EvalJob(submitit.helpers.Checkpointable):
 
 def posthoc_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     """Reconstruct the study's post-hoc EMA sweep at every checkpoint (existing files kept)."""
-    from explore.config import compose
+    from explore.core.config import compose
     from explore.posthoc import posthoc
 
     run = Path(run_dir)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from explore.devices import DeviceError, parse_device
-from explore.errors import ConfigError
+from explore.core.devices import DeviceError, parse_device
+from explore.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

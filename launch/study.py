@@ -28,9 +28,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from explore.config import compose, ema_tag
-from explore.errors import ConfigError
-from explore.runfiles import RunFolder
+from explore.core.config import compose, ema_tag
+from explore.core.errors import ConfigError
+from explore.run.folder import RunFolder
 
 from .jobs import EvalJob, PosthocJob, TrainJob
 from .pool import DeviceQueue, Ticket, kill_descendants, make_slots

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny import TINY_EVAL, TINY_TRAIN
 
-from explore.config import compose
+from explore.core.config import compose
 
 
 @pytest.fixture(autouse=True)

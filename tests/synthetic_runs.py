@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from explore.runfiles import FID_FILE, METRICS_FILE, RUN_FILE, fmt_value
+from explore.ema.names import fmt_value
+from explore.run.folder import FID_FILE, METRICS_FILE, RUN_FILE
 
 EPOCHS = (200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000)
 # STUDY.md, "Numbers the original study reported": (Baseline raw, LIFT DP-Total raw,
@@ -115,7 +116,7 @@ def _metrics_rows(model: str, seed: int, decays: Sequence[float], epochs: int,
 
 
 def _heldout_rows(metrics: pd.DataFrame, model: str, ema_decays: Sequence[float]) -> dict:
-    """Held-out loss columns (explore.heldout's names): the held-out loss rises after
+    """Held-out loss columns (explore.training.heldout's names): the held-out loss rises after
     epoch 1000 while the fixed training loss keeps falling; averages sit 0.002 lower."""
     epoch = metrics["epoch"].to_numpy()
     train = metrics["loss"].to_numpy() * 0.9

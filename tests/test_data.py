@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from explore.data import DataError, folder, shapes, subset, to_float, to_uint8
+from explore.nets.data import DataError, folder, shapes, subset, to_float, to_uint8
 
 
 def test_shapes_is_deterministic_and_varied():
@@ -47,7 +47,7 @@ def test_folder_errors_name_the_path(tmp_path):
 
 
 def test_afhq_offline_points_to_folder():
-    from explore.data import afhq
+    from explore.nets.data import afhq
 
     with pytest.raises(DataError, match="data=folder"):
         afhq(16, progress=False)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from explore.diffusion import CosineSchedule, baseline_loss, lift_loss
-from explore.models import LiftUNet
+from explore.nets.diffusion import CosineSchedule, baseline_loss, lift_loss
+from explore.nets.models import LiftUNet
 
 
 def _clipped_cosine_float32(beta_min=1e-4, beta_max=0.02, T=1000, s=0.008):
@@ -42,7 +42,7 @@ def test_default_schedule_is_the_studys_clipped_cosine():
 
 
 def test_schedule_config_group_builds_both_presets():
-    from explore.config import build, compose
+    from explore.core.config import build, compose
 
     study = build(compose("train", ["diffusion=study"]).diffusion)
     cosine = build(compose("train", ["diffusion=cosine"]).diffusion)
@@ -51,7 +51,7 @@ def test_schedule_config_group_builds_both_presets():
 
 
 def test_bad_schedule_values_are_named():
-    from explore.errors import ConfigError
+    from explore.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="beta_min"):
         CosineSchedule(beta_min=0.1, beta_max=0.02)

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from bench.naive import naive_optimal_path
-from explore.diffusion import CosineSchedule
-from explore.dp_path import (
+from explore.lift.dp_path import (
     check_path,
     fractional_grid_index,
     grid_diagonal,
@@ -20,6 +19,7 @@ from explore.dp_path import (
     path_cost,
     path_to_timesteps,
 )
+from explore.nets.diffusion import CosineSchedule
 
 
 def _random_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,7 +32,7 @@ def _random_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _trapezoid_cost(path, e64, e32, lam) -> float:
-    """The STUDY.md cost, written independently of explore.dp_path."""
+    """The STUDY.md cost, written independently of explore.lift.dp_path."""
     terms = []
     for (i, j), (i2, j2) in itertools.pairwise(path):
         terms.append((e64[i, j] + e64[i2, j2]) / 2 * abs(lam[i2] - lam[i]))

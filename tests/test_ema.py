@@ -237,7 +237,7 @@ def test_bias_correction_is_zero_init_divided_by_one_minus_decay_power():
 
 
 def test_options_are_off_by_default_in_config():
-    from explore.config import compose
+    from explore.core.config import compose
 
     for group in ("on", "multi"):
         cfg = compose("train", [f"ema={group}"]).ema

@@ -14,11 +14,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from explore import evaluate as ev
-from explore.checkpoint import load_checkpoint
-from explore.config import compose
+from explore.core.config import compose
 from explore.ema import EMA, EMABank, EMAStateError, PostHocEMA
+from explore.evaluation.weights import weight_sets
+from explore.run.checkpoint import load_checkpoint
 from explore.train import train
-from explore.weights import weight_sets
 
 DECAYS = [0.9, 0.99, 0.999]
 

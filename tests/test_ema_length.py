@@ -8,17 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import settings
 from torch import nn
 
-from explore.config import build
+from explore.core.config import build
 from explore.ema import EMA, EMABank
-from explore.ema.length import (
-    RAW,
-    decay_for_half_life,
-    exponential_length,
-    half_life_kimg_for_decay,
-    power_length,
-)
+from explore.ema.decay import decay_for_half_life, half_life_kimg_for_decay
+from explore.ema.length import RAW, exponential_length, power_length
 from explore.ema.state import track_info
 
 
@@ -168,8 +164,8 @@ def test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on(tiny_cfg, 
     images than on training images; two calls give the same numbers."""
     import csv
 
-    from explore.heldout import HeldOutLoss
     from explore.train import train
+    from explore.training.heldout import HeldOutLoss
 
     cfg = tiny_cfg("model=baseline", "model.hidden_dims=[16,32]", "data.num_images=8",
                    "data.holdout_num=8", "trainer.batch_size=8", "trainer.epochs=200",
@@ -186,11 +182,11 @@ def test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on(tiny_cfg, 
     # early on, before it memorised them, the two are close
     assert float(rows[0]["loss_gap"]) < float(last["loss_gap"])
 
-    from explore.config import build
-    from explore.training import build_training
+    from explore.core.config import build
+    from explore.training.step import build_training
 
     data = build(cfg.data)
-    training = build_training(cfg, torch.device("cpu"), 8)
+    training = build_training(settings(cfg), torch.device("cpu"), 8)
     held = HeldOutLoss.of(data, training)
     assert held.metrics() == held.metrics()  # fixed triples: the same numbers twice
     assert HeldOutLoss.of(build(tiny_cfg().data), training) is None  # off without held-out
@@ -199,7 +195,7 @@ def test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on(tiny_cfg, 
 def test_folder_holdout_sets_images_aside_and_says_so(tmp_path, caplog):
     from PIL import Image
 
-    from explore.data import folder
+    from explore.nets.data import folder
 
     for i in range(10):
         Image.new("RGB", (20, 20), (i * 20, 0, 0)).save(tmp_path / f"{i}.png")
@@ -213,8 +209,8 @@ def test_folder_holdout_sets_images_aside_and_says_so(tmp_path, caplog):
 
 # -- memorisation -------------------------------------------------------------------------------
 def test_memorization_rate_is_one_for_copies_and_zero_for_fresh_samples():
-    from explore.data import shapes
-    from explore.memorization import nearest_two, pair_grid, pixels
+    from explore.evaluation.memorization import nearest_two, pair_grid, pixels
+    from explore.nets.data import shapes
 
     train = shapes(image_size=16, num_images=256, seed=0).images
     noisy = (train[:64].int() + torch.randint(-2, 3, (64, 3, 16, 16),

@@ -12,10 +12,13 @@ from omegaconf import OmegaConf
 from tiny import TINY_TRAIN, rows
 
 from explore import evaluate as ev
-from explore.config import compose
-from explore.data import subset
-from explore.errors import ConfigError
-from explore.runfiles import ResultsFile, RunFolder, parse_replicates
+from explore.core.config import compose, to_plain
+from explore.core.errors import ConfigError
+from explore.evaluation import loop as evloop
+from explore.evaluation.settings import EvalSettings, sample_seeds
+from explore.nets.data import subset
+from explore.run.folder import RunFolder
+from explore.run.results import ResultsFile, parse_replicates
 from explore.train import train
 
 # the tiny evaluations score fewer images than FID needs to be meaningful, on purpose
@@ -55,7 +58,7 @@ def lift_run(tmp_path_factory):
 def _record(monkeypatch) -> list[dict]:
     """Every row's unrounded metrics with its weight set and seed, as evaluation made them."""
     seen, current = [], {}
-    real_weight_set, real_measure = ev.evaluate_weight_set, ev.metriclib.measure
+    real_weight_set, real_measure = evloop.evaluate_weight_set, evloop.metriclib.measure
 
     def weight_set(ctx, model, epoch, ws, todo, step):
         current["weights"] = ws.name
@@ -73,10 +76,10 @@ def _record(monkeypatch) -> list[dict]:
         values.append(real_measure(*a, **kw))
         return values[-1]
 
-    real_row = ev.measure_row
-    monkeypatch.setattr(ev, "evaluate_weight_set", weight_set)
-    monkeypatch.setattr(ev, "measure_row", measure_row)
-    monkeypatch.setattr(ev.metriclib, "measure", measure)
+    real_row = evloop.measure_row
+    monkeypatch.setattr(evloop, "evaluate_weight_set", weight_set)
+    monkeypatch.setattr(evloop, "measure_row", measure_row)
+    monkeypatch.setattr(evloop.metriclib, "measure", measure)
     return seen
 
 
@@ -121,28 +124,31 @@ def test_more_seeds_add_only_their_rows(lift_run, eval_cfg, monkeypatch):
                         "epoch_0002_raw_study_g4_k1_n2_s42.png"]
     grids = sorted(p.name for p in (lift_run / "eval" / "grids").glob("epoch_0002_raw_*"))
     assert grids == [f"epoch_0002_raw_dp_total_s{s}.png" for s in (0, 1, 2)]
-    # eval.seed=N is eval.seeds=[N]; the row of seed 1 is there already
-    ev.evaluate(eval_cfg(*base, "eval.seed=1"))
+    # eval.seeds=N is eval.seeds=[N]; the row of seed 1 is there already
+    ev.evaluate(eval_cfg(*base, "eval.seeds=1"))
     assert len(seen) == 3
 
 
 def test_real_subset_does_not_depend_on_the_sampling_seed(lift_run, eval_cfg):
-    contexts = [ev.prepare(eval_cfg(f"run_dir={lift_run}", f"eval.seeds={s}"))[0]
-                for s in ("[0]", "[7,8]")]
+    def prepare(*overrides):
+        return evloop.prepare(EvalSettings.from_config(to_plain(eval_cfg(*overrides))))[0]
+
+    contexts = [prepare(f"run_dir={lift_run}", f"eval.seeds={s}") for s in ("[0]", "[7,8]")]
     assert torch.equal(contexts[0].real, contexts[1].real)
     # the real subset of rows made before sampling seeds existed (drawn with eval.seed 42)
     assert torch.equal(contexts[0].real, subset(contexts[0].data.images, 24, 42))
     assert len(contexts[0].real) == 24 < len(contexts[0].data)
-    assert contexts[1].seeds == [7, 8] and contexts[1].bootstrap == 0  # t over seeds instead
+    assert contexts[1].seeds == (7, 8) and contexts[1].bootstrap == 0  # t over seeds instead
     assert contexts[0].real_name == contexts[1].real_name
-    other = ev.prepare(eval_cfg(f"run_dir={lift_run}", "eval.subset_seed=3"))[0]
+    other = prepare(f"run_dir={lift_run}", "eval.subset_seed=3")
     assert not torch.equal(other.real, contexts[0].real)
 
 
 def test_missing_metrics_are_completed_from_kept_features(lift_run, eval_cfg, monkeypatch):
     calls = []
-    real_generate = ev.generate
-    monkeypatch.setattr(ev, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    real_generate = evloop.generate
+    monkeypatch.setattr(evloop, "generate",
+                        lambda *a, **k: calls.append(1) or real_generate(*a, **k))
     base = [f"run_dir={lift_run}", "eval.epochs=[1]", "eval.weights=[raw]", "eval.seeds=[3]"]
     out = ev.evaluate(eval_cfg(*base, "eval.metrics=[fid]", "eval.keep_features=true"))
     before = next(r for r in rows(out) if r["epoch"] == "1" and r["sample_seed"] == "3")
@@ -162,14 +168,15 @@ def test_missing_metrics_are_completed_from_kept_features(lift_run, eval_cfg, mo
 
 
 def test_seed_options_are_checked(lift_run, eval_cfg, tmp_path):
-    with pytest.raises(ConfigError, match="give one of them"):
-        ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.seed=3", "eval.seeds=[1,2]"))
+    # eval.seed=N (before eval.seeds) is no option any more: refused by name
+    with pytest.raises(Exception, match="eval.seed"):
+        ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.seed=3"))
     with pytest.raises(ConfigError, match="eval.seeds"):
         ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.seeds=[]"))
     with pytest.raises(ConfigError, match="eval.metrics"):
         ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.metrics=[fid,is]"))
-    assert ev.sample_seeds(eval_cfg("eval.seed=3").eval) == [3]
-    assert ev.sample_seeds(eval_cfg("eval.seeds=[2,0,2]").eval) == [2, 0]
+    assert sample_seeds(eval_cfg("eval.seeds=3").eval.seeds) == (3,)
+    assert sample_seeds(eval_cfg("eval.seeds=[2,0,2]").eval.seeds) == (2, 0)
     # a run trained with an older preset stored eval.seed: it is not a sampling seed request
     old = tmp_path / "old"
     old.mkdir()
@@ -177,7 +184,8 @@ def test_seed_options_are_checked(lift_run, eval_cfg, tmp_path):
                    old / "config.yaml")
     overrides = [f"run_dir={old}", "eval.seeds=[0,1,2]"]
     cfg = ev.with_run_eval_defaults(compose("evaluate", overrides), overrides)
-    assert ev.sample_seeds(cfg.eval) == [0, 1, 2] and cfg.eval.num_images == 512
+    assert sample_seeds(cfg.eval.seeds) == (0, 1, 2) and cfg.eval.num_images == 512
+    assert EvalSettings.from_config(to_plain(cfg)).eval.seeds == (0, 1, 2)
 
 
 def test_the_study_forwards_eval_seeds_to_evaluation_jobs(tmp_path):
@@ -187,7 +195,7 @@ def test_the_study_forwards_eval_seeds_to_evaluation_jobs(tmp_path):
                                        "eval.metrics=[fid,kid,prc]", "study.name=x"])
     assert "eval.seeds=[0,1,2]" not in train_o
     cfg = compose("evaluate", eval_o + [f"run_dir={tmp_path}", "progress=false"])  # as eval_job
-    assert ev.sample_seeds(cfg.eval) == [0, 1, 2]
+    assert sample_seeds(cfg.eval.seeds) == (0, 1, 2)
     assert list(cfg.eval.metrics) == ["fid", "kid", "prc"]
 
 
@@ -207,7 +215,7 @@ def test_rows_from_before_sampling_seeds_count_as_seed_42(lift_run, eval_cfg, mo
         writer.writeheader()
         writer.writerows(kept)
     calls = []
-    monkeypatch.setattr(ev, "generate", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(evloop, "generate", lambda *a, **k: calls.append(1))
     ev.evaluate(eval_cfg(*base))
     assert calls == []
     assert {(r["sample_seed"], r["subset_seed"]) for r in ResultsFile(out).rows} == {

@@ -5,11 +5,12 @@ import torch
 from tiny import TINY_TRAIN, rows
 
 from explore import evaluate as ev
-from explore.config import compose
-from explore.errors import ConfigError
-from explore.models import LiftUNet
+from explore.core.config import compose
+from explore.core.errors import ConfigError
+from explore.evaluation import loop as evloop
+from explore.evaluation.weights import WeightsError
+from explore.nets.models import LiftUNet
 from explore.train import train
-from explore.weights import WeightsError
 
 # the tiny evaluations score fewer images than FID needs to be meaningful, on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:eval.num_images")
@@ -52,7 +53,7 @@ def test_skip_force_and_resume(lift_run, eval_cfg, monkeypatch, tmp_path):
     run = lift_run
     cfg = eval_cfg(f"run_dir={run}", "eval.paths=[diagonal,dp_64]", "eval.epochs=[2]")
     calls = {"n": 0}
-    real_measure = ev.metriclib.measure
+    real_measure = evloop.metriclib.measure
 
     def dying_measure(*a, **kw):
         calls["n"] += 1
@@ -60,7 +61,7 @@ def test_skip_force_and_resume(lift_run, eval_cfg, monkeypatch, tmp_path):
             raise KeyboardInterrupt  # killed in the middle of the third row
         return real_measure(*a, **kw)
 
-    monkeypatch.setattr(ev.metriclib, "measure", dying_measure)
+    monkeypatch.setattr(evloop.metriclib, "measure", dying_measure)
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(cfg)
     done = [(r["weights"], r["path"]) for r in rows(run / "eval" / "fid.csv")
@@ -185,13 +186,13 @@ def test_each_weight_set_is_scored_with_its_own_weights(tmp_path, eval_cfg, monk
     run = train(compose("train", TINY_TRAIN + ["model=baseline", "ema.decay=0.9"]),
                 tmp_path / "base")
     seen = []
-    real_generate = ev.generate
+    real_generate = evloop.generate
 
     def spy(ctx, model, *a, **kw):
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real_generate(ctx, model, *a, **kw)
 
-    monkeypatch.setattr(ev, "generate", spy)
+    monkeypatch.setattr(evloop, "generate", spy)
     out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.epochs=[2]"))
     got = rows(out)
     assert [r["weights"] for r in got] == ["ema", "raw"]  # fid.csv is sorted; generation order:

@@ -13,7 +13,7 @@ import pytest
 from synthetic_runs import known_fid, known_metrics, write_run, write_study
 
 from analysis.report import make_report
-from explore.runfiles import format_replicates
+from explore.run.results import format_replicates
 
 SAMPLE_SEEDS = (0, 1, 2)
 NOISE = {0: -0.5, 1: 0.0, 2: 0.5}      # each sampling seed's noise, shared by raw and EMA

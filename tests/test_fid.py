@@ -1,6 +1,6 @@
-"""FID: zero for identical sets, ordering of distances, sensitivity to blur and noise, the
-real-stats cache, offline Inception weights, extractor validation, the random extractor's
-determinism.
+"""FID through the one path evaluation takes (explore.evaluation.features and .metrics): zero
+for identical sets, ordering of distances, sensitivity to blur and noise, the real-stats cache,
+offline Inception weights, extractor validation, the random extractor's determinism.
 
 Everything uses the download-free ``randconv-256`` extractor on procedurally drawn shapes (sharp
 edges, so blur and noise visibly change them); nothing here touches the network.
@@ -19,21 +19,21 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-import explore.fid as fid_mod
-from explore.extractors import (
+from explore.evaluation import features as fid_mod
+from explore.evaluation.extractors import (
     RANDCONV_DIM,
     RANDCONV_NAME,
     RandConvFeatures,
     randconv_features,
     random_conv_weights,
 )
-from explore.fid import (
+from explore.evaluation.features import (
     EXTRACTORS,
     INCEPTION_NAME,
     FidWeightsMissing,
-    compute_fid,
     content_digest,
     feature_dim,
     min_stable_count,
@@ -41,9 +41,26 @@ from explore.fid import (
     real_stats_path,
     resolve_inception_weights,
 )
+from explore.evaluation.metrics import FeatureExtractor, RealSet, clamp_fid, fid_from_features
 
 N = 300  # > 256 features, so covariances are full rank; small enough for 2 CPU cores
 SIZE = 32
+
+
+def compute_fid(fake: torch.Tensor, real: torch.Tensor, *, extractor: str = INCEPTION_NAME,
+                real_cache_name: str | None = None, cache_root: Path | None = None,
+                device: str = "cpu", batch_size: int = 64, progress: bool = True) -> float:
+    """FID of `fake` against `real` the way evaluation computes it: the extractor built once
+    (weights, device and name checked before any image), the real statistics (cached under
+    `real_cache_name` when given, as evaluation's RealSet does), the generated features, and
+    torch-fidelity's FID of them (clamped at 0)."""
+    net = FeatureExtractor(extractor, device=device, batch_size=batch_size)
+    fake_features = net(fake, progress=progress, desc="FID fake")
+    if real_cache_name is None:
+        stats = fid_features_to_statistics(net(real, progress=progress, desc="FID real"))
+    else:
+        stats = RealSet(net, real, real_cache_name, cache_root, progress=progress).stats
+    return fid_from_features(fake_features, stats)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,10 +174,10 @@ def test_fid_rises_monotonically_with_noise(fid_vs_real, fake):
 def test_negative_fid_is_clamped_and_only_large_negatives_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # float-error negatives must stay silent
-        assert fid_mod._clamp_fid(-1e-9) == 0.0
-        assert fid_mod._clamp_fid(3.5) == 3.5
+        assert clamp_fid(-1e-9) == 0.0
+        assert clamp_fid(3.5) == 3.5
     with pytest.warns(UserWarning, match="negative"):
-        assert fid_mod._clamp_fid(-0.5) == 0.0
+        assert clamp_fid(-0.5) == 0.0
 
 
 def test_progress_bars_name_each_set(capsys):
@@ -178,7 +195,7 @@ def test_blas_threads_are_limited_during_fid_and_restored():
         pytest.skip("numpy is not built on a findable OpenBLAS")
     set_threads, get_threads = fns
     before = get_threads()
-    with fid_mod._one_blas_thread():
+    with fid_mod.one_blas_thread():
         assert get_threads() == 1
     assert get_threads() == before
 
@@ -187,7 +204,7 @@ def test_blas_threads_are_limited_during_fid_and_restored():
 # Real-statistics cache
 
 
-def _fid(fake: torch.Tensor, real: torch.Tensor | None, name: str, root: Path) -> float:
+def _fid(fake: torch.Tensor, real: torch.Tensor, name: str, root: Path) -> float:
     return compute_fid(
         fake, real, extractor=RANDCONV_NAME, real_cache_name=name, cache_root=root, progress=False
     )
@@ -203,10 +220,9 @@ def test_real_stats_cache_is_written_once_and_reused(tmp_path, real, fake):
     assert files == sorted([stats.name, f"{name}-{RANDCONV_NAME}-features-256.pt"])
     mtime = stats.stat().st_mtime_ns
 
-    # Reuse: no real images at all, and even *other* real images under the same name (here the
-    # fake set itself, which uncached would give 0) get the cached answer: the name is the only
-    # key, which is why real_stats_name exists.
-    assert _fid(fake, None, name, tmp_path) == first
+    # Reuse: even *other* real images under the same name (here the fake set itself, which
+    # uncached would give 0) get the cached answer: the name is the only key, which is why
+    # real_stats_name exists.
     assert _fid(fake, fake, name, tmp_path) == first > 0
     assert stats.stat().st_mtime_ns == mtime
     # The fake set is never cached: still only the real entry's two files.
@@ -241,23 +257,8 @@ def test_real_stats_names_do_not_collide(tmp_path, real, fake):
     values = [_fid(fake, images, name, tmp_path) for name, images in sets.items()]
     assert len(set(values)) == 3
     assert len(list(tmp_path.glob("*-stat-fid-*.pt"))) == 3
-    # And an entry answers with its own statistics from the cache.
-    assert _fid(fake, None, list(sets)[1], tmp_path) == values[1]
-
-
-def test_real_none_without_cached_stats_is_an_error(tmp_path):
-    fake = draw_shapes(16, seed=0, size=16)
-    with pytest.raises(ValueError, match="cached statistics"):
-        compute_fid(fake, None, extractor=RANDCONV_NAME, progress=False)
-    with pytest.raises(ValueError, match="cached statistics"):
-        compute_fid(
-            fake,
-            None,
-            extractor=RANDCONV_NAME,
-            real_cache_name="nothing-here",
-            cache_root=tmp_path,
-            progress=False,
-        )
+    # And an entry answers with its own statistics from the cache (whatever images come along).
+    assert _fid(fake, real, list(sets)[1], tmp_path) == values[1]
 
 
 # ------------------------------------------------------------------------------------------------

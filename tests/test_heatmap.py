@@ -12,19 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.naive import naive_error_heatmap
-from explore import heatmap as hm_mod
-from explore import models_jvp as jvp_mod
-from explore.diffusion import CosineSchedule
-from explore.dp_path import grid_diagonal, grid_timesteps, optimal_path
-from explore.heatmap import (
-    Heatmap,
-    HeatmapFileError,
-    error_heatmap,
-    gamma_snr,
-    pick_images,
-)
-from explore.heatmap_plot import plot_heatmap
-from explore.models import LiftUNet
+from explore.lift import heatmap as hm_mod
+from explore.lift import heatmap_jvp as jvp_mod
+from explore.lift.dp_path import grid_diagonal, grid_timesteps, optimal_path
+from explore.lift.heatmap import Heatmap, HeatmapFileError, error_heatmap, gamma_snr, pick_images
+from explore.lift.heatmap_plot import plot_heatmap
+from explore.nets.diffusion import CosineSchedule
+from explore.nets.models import LiftUNet
 
 GRID, PROBES, SEED = 4, 2, 3
 
@@ -259,7 +253,7 @@ def test_corrupt_zip_is_a_heatmap_error_not_zipfile(tmp_path):
         Heatmap.load(path)
 
 
-# -- the written-out forward-mode pass for LiftUNet (explore.models_jvp.tangents_lift_unet) -------
+# -- the written-out forward-mode pass for LiftUNet (explore.lift.heatmap_jvp.tangents_lift_unet)
 
 
 def _chunk(model, schedule, images, cells=((0, 0), (3, 1)), probes=2):
@@ -302,12 +296,12 @@ def test_mismatching_fast_path_falls_back_to_torch_func(batched, tiny_model, sch
                                                        monkeypatch, caplog):
     real = jvp_mod.tangents_lift_unet
 
-    def wrong(*args, **kw):  # as if explore.models had changed under the written-out pass
+    def wrong(*args, **kw):  # as if explore.nets.models had changed under the written-out pass
         out = real(*args, **kw)
         return (2 * out[0], *out[1:])
 
     monkeypatch.setattr(jvp_mod, "tangents_lift_unet", wrong)
-    with caplog.at_level("WARNING", logger="explore.models_jvp"):
+    with caplog.at_level("WARNING", logger="explore.lift.heatmap_jvp"):
         again = _run(tiny_model, schedule, images)
     assert "does not match" in caplog.text
     np.testing.assert_allclose(again.error_64, batched.error_64, rtol=1e-5)

@@ -15,8 +15,8 @@ import cloudpickle
 import pytest
 from tiny import TINY_EVAL, TINY_TRAIN
 
-from explore.config import compose
-from explore.errors import ConfigError
+from explore.core.config import compose
+from explore.core.errors import ConfigError
 from hydra_plugins.local_devices_launcher.launcher import device_pin, with_slot
 from launch import pool
 from launch.pool import DeviceQueue, Slot, Ticket, make_slots
@@ -275,7 +275,7 @@ def test_interrupting_the_study_stops_every_job(tmp_path, sig):
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"processes left running: {left.stdout}"
     # nothing half-written is left under a checkpoint's name: the next run resumes from them
-    from explore.checkpoint import load_checkpoint
+    from explore.run.checkpoint import load_checkpoint
 
     for r in runs:
         for path in (r / "checkpoints").glob("epoch_*.pt"):

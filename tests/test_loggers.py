@@ -1,4 +1,4 @@
-"""The `logger` config group (explore.loggers): TensorBoard, MLflow and W&B read back with their
+"""The `logger` config group (explore.run.loggers): TensorBoard, MLflow and W&B read back with their
 own readers, training and evaluation in one place, and logging that never stops a run."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from tiny import rows
 
-from explore.errors import ConfigError
+from explore.core.errors import ConfigError
 from explore.evaluate import evaluate
-from explore.loggers import Logger, epoch_scalars, eval_scalars, experiment_name
-from explore.runfiles import RunFolder
+from explore.run.folder import RunFolder
+from explore.run.loggers import Logger, epoch_scalars, eval_scalars, experiment_name
 from explore.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_mlflow_study_is_one_experiment_with_a_run_per_job(tmp_path):
     from mlflow.tracking import MlflowClient
     from test_launch import TINY_STUDY
 
-    from explore.config import compose
+    from explore.core.config import compose
     from launch.study import run_study
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -216,7 +216,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, "tests")
 from tiny import TINY_TRAIN
-from explore.config import compose
+from explore.core.config import compose
 from explore.train import train
 import explore.evaluate, launch.study  # noqa: F401
 run = train(compose("train", TINY_TRAIN + ["trainer.epochs=1"]), sys.argv[1])

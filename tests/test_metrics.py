@@ -1,4 +1,5 @@
-"""Metrics from one feature extraction (explore/metrics.py): FID exactly torch-fidelity's, KID,
+"""Metrics from one feature extraction (explore/evaluation/metrics.py): FID exactly
+torch-fidelity's, KID,
 precision/recall (Kynkäänniemi et al. 2019), bootstrap replicates, the real-set cache, kept
 features. Feature-level tests use Gaussian features (fast); image-level ones randconv-256 on
 procedurally drawn shapes (tests/test_fid.py's)."""
@@ -10,10 +11,10 @@ import pytest
 import torch
 from test_fid import add_noise, draw_shapes, empty_torch_home  # noqa: F401 (a fixture)
 
-from explore import metrics as M
-from explore.extractors import RANDCONV_NAME
-from explore.fid import compute_fid, real_stats_name, real_stats_path
-from explore.runfiles import METRIC_COLUMNS
+from explore.evaluation import metrics as M
+from explore.evaluation.extractors import RANDCONV_NAME
+from explore.evaluation.features import real_stats_name, real_stats_path
+from explore.run.results import METRIC_COLUMNS
 
 N = 300
 
@@ -25,19 +26,27 @@ def gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
 
 def test_fid_from_one_extraction_is_torch_fidelitys_bit_for_bit(tmp_path):
     """The evaluation's FID (features once, then torch-fidelity's statistics and distance) is
-    the number compute_fid (torch-fidelity's calculate_metrics) gives, to the last bit, and
-    the real set's cache is the same two files."""
+    the number torch-fidelity's own calculate_metrics gives, to the last bit, and the real
+    set's cache is the same two files."""
+    import torch_fidelity
+
+    from explore.evaluation.features import UInt8Images, one_blas_thread
+
     real, fake = draw_shapes(N, seed=0), draw_shapes(N, seed=1)
     name = real_stats_name("shapes-s0", 32, RANDCONV_NAME, N)
-    reference = compute_fid(fake, real, extractor=RANDCONV_NAME, real_cache_name=name,
-                            cache_root=tmp_path / "a", batch_size=64, progress=False)
+    with one_blas_thread():  # as evaluation computes it: the eigenvalues bit for bit
+        reference = torch_fidelity.calculate_metrics(
+            input1=UInt8Images(fake), input2=UInt8Images(real), fid=True,
+            feature_extractor=RANDCONV_NAME, cuda=False, batch_size=64, cache=True,
+            cache_root=str(tmp_path / "a"), input2_cache_name=name, save_cpu_ram=True,
+            verbose=False)[torch_fidelity.KEY_METRIC_FID]
     extractor = M.FeatureExtractor(RANDCONV_NAME, batch_size=64)
     real_set = M.RealSet(extractor, real, name, tmp_path / "b")
     assert M.fid_from_features(extractor(fake), real_set.stats) == reference
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
         p.name for p in (tmp_path / "b").iterdir())
     assert real_stats_path(name, RANDCONV_NAME, tmp_path / "b").is_file()
-    # an existing cache (here compute_fid's) is read: other images under the same name are
+    # an existing cache (here calculate_metrics') is read: other images under the same name are
     # never looked at, so the answer is the cached set's
     cached = M.RealSet(extractor, fake, name, tmp_path / "a")
     assert M.fid_from_features(extractor(fake), cached.stats) == reference
@@ -173,7 +182,7 @@ def test_one_feature_layer_serves_every_metric_of_every_extractor():
     row serves all three (torch-fidelity's PRC defaults to a VGG-16 only without an extractor)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    from explore.fid import EXTRACTORS
+    from explore.evaluation.features import EXTRACTORS
 
     for name in EXTRACTORS:
         cls = FEATURE_EXTRACTORS_REGISTRY[name]
@@ -183,7 +192,7 @@ def test_one_feature_layer_serves_every_metric_of_every_extractor():
 
 @pytest.mark.usefixtures("empty_torch_home")
 def test_missing_inception_weights_stop_evaluation_before_sampling():
-    from explore.fid import INCEPTION_NAME, FidWeightsMissing
+    from explore.evaluation.features import INCEPTION_NAME, FidWeightsMissing
 
     with pytest.raises(FidWeightsMissing, match="eval.fid.weights_path="):
         M.FeatureExtractor(INCEPTION_NAME)

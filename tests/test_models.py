@@ -2,8 +2,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from explore.config import compose
-from explore.models import BaselineUNet, LiftUNet, count_parameters, downsample
+from explore.core.config import compose
+from explore.nets.models import BaselineUNet, LiftUNet, count_parameters, downsample
 
 
 @pytest.mark.parametrize("name, params", [("baseline", 58_274_627), ("lift", 58_475_206)])

@@ -13,8 +13,9 @@ from torch import nn
 
 from explore import evaluate as ev
 from explore import posthoc as ph
-from explore.checkpoint import load_checkpoint
-from explore.config import compose
+from explore.core.config import compose
+from explore.core.errors import ConfigError
+from explore.core.files import atomic_write
 from explore.ema import (
     EMA,
     SIGMA_REL_MAX,
@@ -26,11 +27,11 @@ from explore.ema import (
     sigma_rel_to_gamma,
 )
 from explore.ema import reconstruction as rc
-from explore.errors import ConfigError
-from explore.files import atomic_write
-from explore.runfiles import RunFolder
+from explore.evaluation import posthoc as stage
+from explore.evaluation.weights import reconstructed_sets, weight_sets
+from explore.run.checkpoint import load_checkpoint
+from explore.run.folder import RunFolder
 from explore.train import train
-from explore.weights import reconstructed_sets, weight_sets
 
 # the check of point 2: reconstructing sigma_rel 0.10 from snapshots of 0.05 and 0.15 taken every
 # 20 of 600 steps must give weights whose rms difference to the tracked 0.10 EMA is below this
@@ -121,14 +122,15 @@ def test_reconstruction_of_a_tracked_profile_matches_it(tmp_path):
     model, ema = random_walk(tmp_path, 600, 20)
     results = {}
     for label, every in (("dense", 1), ("sparse", 5)):  # 30 vs 6 snapshot times
-        sources = rc.find_sources(tmp_path, [0.05, 0.15])[every - 1::every]
+        sources = stage.find_sources(tmp_path, [0.05, 0.15])[every - 1::every]
         target = rc.Target(phema_name(0.1), 0.1, sigma_rel_to_gamma(0.1))
-        weights = rc.reconstruct([target], sources, 600)[target.name]
+        weights = rc.reconstruct([target], sources, 600,
+                                   stage.stored_power_states)[target.name]
         tracked = ema.track("phema@0.1").shadow
         raw = {k: v.detach() for k, v in model.state_dict().items()}
         results[label] = (rc.compare(weights, tracked, raw), target.fit.profile_error)
     check, profile_error = results["dense"]
-    assert len(rc.find_sources(tmp_path, [0.05, 0.15])) == 60
+    assert len(stage.find_sources(tmp_path, [0.05, 0.15])) == 60
     assert check["rel_rms_diff"] < REL_TOL and profile_error < 5e-3
     assert check["max_abs_diff"] < 1e-3
     assert results["sparse"][0]["rel_rms_diff"] > REL_TOL  # the tolerance can fail

@@ -8,10 +8,10 @@ import signal
 
 import pytest
 
-from explore import train as train_mod
-from explore.checkpoint import load_checkpoint
-from explore.preemption import StepBoundary
+from explore.run.checkpoint import load_checkpoint
 from explore.train import train
+from explore.training import loop as train_mod
+from explore.training.preemption import StepBoundary
 
 
 def test_the_signal_waits_for_the_step_boundary_then_reaches_the_job_runner():

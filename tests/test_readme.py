@@ -69,7 +69,7 @@ def _as_overrides(args: list[str]) -> list[str]:
 @pytest.mark.parametrize("cmd", [c for b in readme_blocks("compose") + readme_blocks("run")
                                  for c in b])
 def test_every_command_of_the_readme_composes(cmd):
-    from explore.config import compose
+    from explore.core.config import compose
 
     _, _, module, *args = shlex.split(cmd)  # python -m <module> <args>
     if module == "bench" or module.startswith("bench."):

@@ -21,14 +21,15 @@ import pytest
 import torch
 from tiny import TINY_EVAL, TINY_TRAIN, rows
 
-from explore import environment as envmod
 from explore import evaluate as ev
-from explore import train as train_mod
-from explore.checkpoint import CheckpointError
-from explore.config import compose
-from explore.runfiles import ResultsFile, fid_row_key, read_run_info
-from explore.runlock import RunLock, RunLockedError
+from explore.core.config import compose
+from explore.run import environment as envmod
+from explore.run.checkpoint import CheckpointError
+from explore.run.info import read_run_info
+from explore.run.lock import RunLock, RunLockedError
+from explore.run.results import ResultsFile, fid_row_key
 from explore.train import train
+from explore.training import loop as train_mod
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -130,7 +131,7 @@ def test_only_one_of_several_processes_takes_over_a_stale_lock(tmp_path):
 def test_a_live_lock_holder_is_named_and_its_lock_released_by_the_os_when_it_dies(tmp_path):
     path = tmp_path / "train.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from explore.runlock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from explore.run.lock import RunLock; "
          f"RunLock({str(path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
     try:

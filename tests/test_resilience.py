@@ -15,16 +15,16 @@ import pytest
 import torch
 from tiny import TINY_TRAIN
 
-from explore import checkpoint as ckpt
-from explore import disk as disk_mod
-from explore import train as train_mod
-from explore.checkpoint import load_checkpoint
-from explore.disk import DiskBudgetError
-from explore.errors import ConfigError
-from explore.files import DiskFullError
-from explore.runfiles import RunFolder
-from explore.runlock import RunLockedError
+from explore.core.errors import ConfigError
+from explore.core.files import DiskFullError
+from explore.run import checkpoint as ckpt
+from explore.run.checkpoint import load_checkpoint
+from explore.run.folder import RunFolder
+from explore.run.lock import RunLockedError
 from explore.train import train
+from explore.training import disk as disk_mod
+from explore.training import loop as train_mod
+from explore.training.disk import DiskBudgetError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -253,7 +253,7 @@ def test_a_refused_or_failed_start_changes_nothing_on_disk(tmp_path):
 
 def test_evaluating_a_lone_checkpoint_checks_the_model_and_reads_its_epoch(tiny_cfg, tmp_path):
     from explore import evaluate as ev
-    from explore.config import compose
+    from explore.core.config import compose
 
     run = train(tiny_cfg("model=baseline", "trainer.epochs=1"), tmp_path / "run")
     lone = tmp_path / "mine.pt"  # a name without the epoch

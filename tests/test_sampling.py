@@ -1,9 +1,15 @@
 import pytest
 import torch
 
-from explore.diffusion import CosineSchedule
-from explore.models import BaselineUNet, LiftUNet
-from explore.sampling import ddim_step, ddim_timesteps, diagonal_path, sample_baseline, sample_lift
+from explore.nets.diffusion import CosineSchedule
+from explore.nets.models import BaselineUNet, LiftUNet
+from explore.nets.sampling import (
+    ddim_step,
+    ddim_timesteps,
+    diagonal_path,
+    sample_baseline,
+    sample_lift,
+)
 
 
 def test_ddim_timesteps_of_the_study():
@@ -79,8 +85,8 @@ def test_lift_sampler_follows_per_scale_path():
 
 def _manual_baseline(model, schedule, n, num_steps, seed, final_step):
     """The DDIM loop written out step by step, for the comparisons below."""
-    from explore.data import to_uint8
-    from explore.sampling import initial_noise
+    from explore.nets.data import to_uint8
+    from explore.nets.sampling import initial_noise
 
     ts = ddim_timesteps(num_steps)
     ab = schedule.alpha_bar.float()

@@ -13,7 +13,7 @@ import pytest
 from test_launch import TINY_STUDY
 from tiny import TINY_TRAIN
 
-from explore.config import compose
+from explore.core.config import compose
 from launch.study import run_study
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -59,7 +59,7 @@ def test_a_job_past_its_time_limit_finishes_through_requeues(slurm_cluster, tmp_
     done; the final weights equal an uninterrupted run's bit for bit, and the report is made."""
     import torch
 
-    from explore.checkpoint import load_checkpoint
+    from explore.run.checkpoint import load_checkpoint
     from launch.study import build_runs
 
     epochs = 400  # ~0.37 s each here on one core
@@ -73,7 +73,7 @@ def test_a_job_past_its_time_limit_finishes_through_requeues(slurm_cluster, tmp_
     # the same training, uninterrupted, on the other core meanwhile
     ref = tmp_path / "uninterrupted"
     script = ("import sys, torch; torch.set_num_threads(1); "
-              "from explore.config import compose; from explore.train import train; "
+              "from explore.core.config import compose; from explore.train import train; "
               "train(compose('train', sys.argv[2:]), sys.argv[1])")
     reference = subprocess.Popen([sys.executable, "-c", script, str(ref), *run.train_overrides,
                                   "device=cpu", "trainer.progress=false"], cwd=REPO)

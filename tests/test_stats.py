@@ -17,7 +17,7 @@ from analysis.stats import (
     t_interval,
     t_quantile,
 )
-from explore import metrics as M
+from explore.evaluation import metrics as M
 
 CASES = 100
 

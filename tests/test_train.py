@@ -8,14 +8,14 @@ import pytest
 import torch
 from tiny import TINY_TRAIN
 
-from explore import checkpoint as ckpt
-from explore import training as training_mod
-from explore.checkpoint import CheckpointError, load_checkpoint
-from explore.devices import DeviceError
-from explore.errors import ConfigError
-from explore.runfiles import RunFolder
+from explore.core.devices import DeviceError
+from explore.core.errors import ConfigError
+from explore.run import checkpoint as ckpt
+from explore.run.checkpoint import CheckpointError, load_checkpoint
+from explore.run.folder import RunFolder
 from explore.train import train
-from explore.training import NonFiniteLossError
+from explore.training import step as training_mod
+from explore.training.step import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
-"""Sample grids during training (explore.watch): when they are made, what they show, and that
-making them changes nothing in the training."""
+"""Sample grids during training (explore.training.watch): when they are made, what they show, and
+that making them changes nothing in the training."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import settings
 
-from explore import watch as watch_mod
-from explore.config import compose
-from explore.errors import ConfigError
-from explore.runfiles import RunFolder
+from explore.core.config import compose
+from explore.core.errors import ConfigError
+from explore.run.folder import RunFolder
 from explore.train import train
-from explore.training import build_training
+from explore.training import watch as watch_mod
+from explore.training.step import build_training
 
 
 def panels_of(path):
@@ -59,7 +60,7 @@ def test_grid_every_n_epochs_raw_and_ema_differ_and_a_young_ema_says_so(tiny_cfg
 
 def test_sampling_leaves_weights_mode_and_random_streams_as_they_were(tiny_cfg, tmp_path):
     cfg = tiny_cfg("model=lift", "ema.decay=0.9")
-    training = build_training(cfg, torch.device("cpu"), 8)
+    training = build_training(settings(cfg), torch.device("cpu"), 8)
     for _ in range(3):  # the EMA moves away from the raw weights
         with torch.no_grad():
             for p in training.model.parameters():

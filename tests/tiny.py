@@ -2,6 +2,9 @@
 
 import csv
 
+from explore.core.config import to_plain
+from explore.training.settings import TrainSettings
+
 # a two-level UNet on 16x16 images: LIFT ~0.03M parameters
 TINY_MODEL = ["model.hidden_dims=[8,16]", "model.image_size=16", "model.attn_min_ch=16"]
 TINY_DIMS = dict(hidden_dims=[8, 16], image_size=16, attn_min_ch=16)  # the same, as arguments
@@ -15,6 +18,11 @@ TINY_TRAIN = ["experiment=smoke", "device=cpu", *TINY_MODEL, "data.num_images=64
 TINY_EVAL = ["device=cpu", "progress=false", "eval.num_images=24", "eval.num_steps=4",
              "eval.batch_size=12", "eval.heatmap.grid_size=4", "eval.heatmap.num_probes=1",
              "eval.heatmap.num_images=2", "eval.fid.extractor=randconv-256", "eval.bootstrap=0"]
+
+
+def settings(cfg) -> TrainSettings:
+    """The typed settings explore.train hands down, of a composed training config."""
+    return TrainSettings.from_config(to_plain(cfg))
 
 
 def rows(path) -> list[dict]:

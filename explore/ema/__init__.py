@@ -1,5 +1,5 @@
-"""Moving averages of a model's weights: one exponential EMA, a bank of several decays, and
-power-function EMAs whose snapshots allow post-hoc EMA (EDM2).
+"""Moving averages of a model's weights, as maths and one small interface: no file is read or
+written here, and nothing of explore is imported but explore.core (errors).
 
     ema = EMA(model, decay=0.9999)                          # conf/ema/on.yaml
     ema = EMABank(model, decays=[0.99, 0.999, 0.9999])      # conf/ema/multi.yaml
@@ -8,40 +8,44 @@ power-function EMAs whose snapshots allow post-hoc EMA (EDM2).
     EMABank(model, decays=[0.9999], bema={})                # any bank: + a BEMA track `bema`
     ema.plan(total_steps)                   # before training (PostHocEMA's snapshot_every=auto)
     optimizer.step(); ema.update()          # after every optimizer step
-    if ema.snapshot_due(): save(ema.snapshot())  # PostHocEMA; the loop writes the file
+    if ema.snapshot_due(): save(ema.snapshot())  # PostHocEMA; the caller writes the file
     with ema.average_parameters():          # evaluate with EMA weights, raw ones put back after
         sample(model)
-    ema.apply(); ...; ema.restore()         # the same, by hand
     ema.load_state_dict(ema.state_dict())   # exact resume (checkpoint_entries: every track)
 
-Modules: tensors (shadows, copy by name), averaging (the training-loop interface, snapshots,
-checkpoint layout), exponential (update rule, warm-up, bias correction, share), power (EDM2
-profiles, PostHocEMA), bema (bias-corrected EMA), reconstruction (post-hoc maths), state (reading
-a saved state), names.
+Modules, lower first: names (weight-set names and what they mean; no torch), decay (an
+exponential decay's window, warm-up and half-life; no torch), length (sigma_rel and half-life of
+any average), tensors (shadows, copy by name), averaging (the training-loop interface,
+checkpoint layout), bema (bias-corrected EMA), exponential (EMA, EMABank), power (EDM2
+profiles, PostHocEMA), state (reading a saved average), reconstruction (post-hoc maths).
+
+The names below load their module on first use, so `explore.ema.names` can be read without
+torch (the analysis stage does).
 """
 
-from .averaging import Averaging, Bank
-from .bema import BEMA, BEMA_NAME
-from .exponential import EMA, WARMUPS, EMABank, averaging_window, check_decay, warmup_decay
-from .names import ema_name, fmt_value, phema_name
-from .power import (
-    AUTO_SNAPSHOTS,
-    SIGMA_REL_MAX,
-    SNAPSHOT_FORMAT,
-    PostHocEMA,
-    PowerEMA,
-    gamma_to_sigma_rel,
-    power_beta,
-    sigma_rel_to_gamma,
-)
-from .state import TrackInfo, power_states, track_info
-from .tensors import EMAStateError, LiveTensors, Track, copy_by_name, strip_prefixes
+from __future__ import annotations
 
-__all__ = [
-    "EMA", "EMABank", "PostHocEMA", "PowerEMA", "BEMA", "BEMA_NAME", "Averaging", "Bank",
-    "Track", "LiveTensors",
-    "EMAStateError", "copy_by_name", "strip_prefixes", "check_decay", "averaging_window",
-    "warmup_decay", "WARMUPS", "gamma_to_sigma_rel", "sigma_rel_to_gamma", "SIGMA_REL_MAX",
-    "power_beta", "SNAPSHOT_FORMAT", "AUTO_SNAPSHOTS",
-    "TrackInfo", "track_info", "power_states", "fmt_value", "ema_name", "phema_name",
-]
+import importlib
+
+_EXPORTS = {
+    "Averaging": "averaging", "Bank": "averaging",
+    "BEMA": "bema", "BEMA_NAME": "bema",
+    "WARMUPS": "decay", "averaging_window": "decay", "check_decay": "decay",
+    "warmup_decay": "decay",
+    "EMA": "exponential", "EMABank": "exponential",
+    "ema_name": "names", "fmt_value": "names", "phema_name": "names",
+    "AUTO_SNAPSHOTS": "power", "SIGMA_REL_MAX": "power", "SNAPSHOT_FORMAT": "power",
+    "PostHocEMA": "power", "PowerEMA": "power", "gamma_to_sigma_rel": "power",
+    "power_beta": "power", "sigma_rel_to_gamma": "power",
+    "TrackInfo": "state", "power_states": "state", "track_info": "state",
+    "EMAStateError": "tensors", "LiveTensors": "tensors", "Track": "tensors",
+    "copy_by_name": "tensors", "strip_prefixes": "tensors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explore.ema' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"explore.ema.{module}"), name)

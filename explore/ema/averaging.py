@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensors import EMAStateError, LiveTensors, Track
+from explore.ema.tensors import EMAStateError, LiveTensors, Track
 
 
 class Averaging:

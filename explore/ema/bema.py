@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .averaging import Averaging
-from .tensors import EMAStateError, LiveTensors, Track, copy_by_name
+from explore.ema.averaging import Averaging
+from explore.ema.tensors import EMAStateError, LiveTensors, Track, copy_by_name
 
 BEMA_NAME = "bema"  # the weight-set name: one BEMA per run
 

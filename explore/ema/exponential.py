@@ -46,30 +46,22 @@ what to read.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .averaging import Averaging, Bank
-from .bema import bema_track
-from .names import ema_name
-from .tensors import LiveTensors, Track
-
-WARMUPS = ("cap", "power")
-
-
-def check_decay(decay: float) -> float:
-    decay = float(decay)
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-    return decay
-
-
-def averaging_window(decay: float) -> float:
-    """1 / (1 - decay): the EMA's averaging window in optimizer steps."""
-    return math.inf if decay >= 1 else 1.0 / (1.0 - decay)
+from explore.ema.averaging import Averaging, Bank
+from explore.ema.bema import bema_track
+from explore.ema.decay import (
+    WARMUPS,
+    averaging_window,
+    check_decay,
+    decay_for_half_life,
+    warmup_decay,
+)
+from explore.ema.names import ema_name
+from explore.ema.tensors import LiveTensors, Track
 
 
 def _decay(decay: float | None, half_life_kimg: float | None, batch_size: int | None
@@ -81,33 +73,7 @@ def _decay(decay: float | None, half_life_kimg: float | None, batch_size: int | 
     if not batch_size:
         raise ValueError("ema.half_life_kimg needs the batch size (ema.batch_size, set from "
                          "trainer.batch_size by the config)")
-    from .length import decay_for_half_life
-
     return decay_for_half_life(half_life_kimg, batch_size)
-
-
-def warmup_decay(rule: str | None, t: int, decay: float, inv_gamma: float = 1.0,
-                 power: float = 2.0 / 3.0, min_decay: float = 0.0) -> float:
-    """Decay of an exponential EMA after `t` averaged optimizer steps (see the module docstring):
-
-        null:  decay
-        cap:   min(decay, (1 + t) / (10 + t))
-        power: clip(1 - (1 + t / inv_gamma) ** -power, min_decay, decay)
-
-    With a rule, t = 0 gives 0 (the first averaged update is the raw weights), as timm and
-    diffusers do; both rules are also floored at `min_decay`.
-    """
-    if rule is None:
-        return decay
-    if t <= 0:
-        return 0.0
-    if rule == "cap":
-        d = (1.0 + t) / (10.0 + t)
-    elif rule == "power":
-        d = 1.0 - (1.0 + t / inv_gamma) ** -power
-    else:
-        raise ValueError(f"EMA warmup={rule!r}: use null, {' or '.join(WARMUPS)}")
-    return max(min_decay, min(d, decay))
 
 
 class EMA(Track, Averaging):

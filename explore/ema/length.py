@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .exponential import warmup_decay
+from explore.ema.decay import warmup_decay
 
 
 # -- exponential, constant decay -------------------------------------------------------------------
@@ -146,18 +146,3 @@ def exponential_length(decay: float, step: int, *, updates: int | None = None,
         m1, var = profile_moments(w)
         half = profile_half_life(w)
     return Length(math.sqrt(var) * update_every / step, half * update_every)
-
-
-def decay_for_half_life(half_life_kimg: float, batch_size: int, update_every: int = 1) -> float:
-    """EDM's rule: the decay per averaging update whose half-life is `half_life_kimg` thousand
-    training images at `batch_size` images per optimizer step: 0.5^(B N / H)."""
-    if float(half_life_kimg) <= 0:
-        raise ValueError(f"ema.half_life_kimg={half_life_kimg} must be > 0")
-    return 0.5 ** (int(batch_size) * int(update_every) / (1000.0 * float(half_life_kimg)))
-
-
-def half_life_kimg_for_decay(decay: float, batch_size: int, update_every: int = 1) -> float:
-    """The half-life, in thousands of training images, of a decay per averaging update."""
-    if not 0.0 < float(decay) < 1.0:
-        return 0.0 if float(decay) <= 0 else math.inf
-    return int(batch_size) * int(update_every) * math.log(0.5) / math.log(float(decay)) / 1000.0

@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .averaging import Bank
-from .bema import bema_track
-from .names import phema_name
-from .tensors import EMAStateError, LiveTensors, Track
+from explore.ema.averaging import Bank
+from explore.ema.bema import bema_track
+from explore.ema.exponential import EMA
+from explore.ema.names import phema_name
+from explore.ema.tensors import EMAStateError, LiveTensors, Track
 
 SNAPSHOT_FORMAT = "explore-phema-snapshot/1"
 AUTO_SNAPSHOTS = 32  # snapshot_every=auto: this many snapshots over the planned run
@@ -149,8 +150,6 @@ class PostHocEMA(Bank):
     def __init__(self, model: nn.Module, sigma_rels: Sequence[float] = (0.05, 0.10),
                  snapshot_every: int | str | None = "auto", update_every: int = 1,
                  decays: Sequence[float] | None = None, bema: dict | None = None):
-        from .exponential import EMA
-
         if snapshot_every not in (None, "auto") and int(snapshot_every) < 1:
             raise ValueError(f"EMA snapshot_every must be >= 1, auto or null, got "
                              f"{snapshot_every}")

@@ -1,9 +1,11 @@
 """Post-hoc EMA maths (Karras et al. 2024, EDM2, section 3 and algorithm 3): the weights of any
-power profile, as a linear combination of the power EMAs tracked during training. The app that
-writes them is explore.posthoc.
+power profile, as a linear combination of the power EMAs tracked during training. No file is
+read here: the stage that finds the sources in a run folder and writes the results is
+explore.evaluation.posthoc.
 
-Sources: every snapshot `<run>/phema/snapshot_<step>.pt` and the tracked power EMAs stored in
-every checkpoint (`emas`), taken once per (step, sigma_rel), at or before the target's step.
+Sources: power EMAs tracked during training at known steps (in a run: every snapshot and the
+tracked power EMAs of every checkpoint), taken once per (step, sigma_rel), at or before the
+target's step.
 A source i is the power profile p_i(tau) = (g_i + 1) tau^g_i / t_i^(g_i + 1) on [0, t_i]
 (exactly: the discrete update gives the raw weights of step k the integral of p_i over (k-1, k]).
 
@@ -27,22 +29,18 @@ weights.
 
 from __future__ import annotations
 
-import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, UserError
-from ..runfiles import RunFolder
-from .names import phema_name
-from .power import SIGMA_REL_MAX
-from .state import power_states
-from .tensors import strip_prefixes
-
-log = logging.getLogger("explore.posthoc")  # what it logs is the posthoc app's news
+from explore.core.errors import ConfigError, UserError
+from explore.ema.power import SIGMA_REL_MAX
+from explore.ema.state import TrackInfo
+from explore.ema.tensors import strip_prefixes
 
 
 class PosthocError(UserError):
@@ -108,7 +106,7 @@ class Source:
     name: str        # phema@<sigma_rel>
     sigma_rel: float
     gamma: float
-    path: Path       # the snapshot or checkpoint that holds it (under `emas`)
+    path: Path       # where it is kept (a run's snapshot or checkpoint, under `emas`)
 
 
 @dataclass
@@ -121,43 +119,14 @@ class Target:
     sources: list[Source] = field(default_factory=list)
 
 
-def load_source(path: Path) -> dict | None:
-    """A snapshot or checkpoint, memory-mapped (tensors are read when used); None, with a
-    warning, when it cannot be read."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is skipped and named
-        log.warning("skipping unreadable %s: %s", path, str(e).splitlines()[0] if str(e) else e)
-        return None
-
-
-def find_sources(run_dir: Path, wanted: list[float] | None = None) -> list[Source]:
-    """Every (step, sigma_rel) snapshot of the run's power EMAs, oldest first."""
-    run = RunFolder(run_dir)
-    files = run.snapshots() + [p for _, p in run.checkpoints()]
-    names = {phema_name(s) for s in wanted} if wanted else None
-    found: dict[tuple[int, str], Source] = {}
-    for path in files:
-        for name, s in power_states(load_source(path)).items():
-            if names is not None and name not in names:
-                continue
-            key = (s.step, name)
-            if key[0] > 0 and key not in found:
-                found[key] = Source(key[0], name, s.sigma_rel, s.gamma, path)
-    if names is not None:
-        lacking = names - {s.name for s in found.values()}
-        if lacking:
-            raise ConfigError(f"sources={sorted(lacking)} were not tracked in {run_dir}; it "
-                              f"tracks {sorted({s.name for s in found.values()})}")
-    return sorted(found.values(), key=lambda s: (s.step, s.sigma_rel))
-
-
 # -- reconstruction --------------------------------------------------------------------------------
 @torch.no_grad()
-def reconstruct(targets: list[Target], sources: list[Source], step: int
+def reconstruct(targets: list[Target], sources: list[Source], step: int,
+                read_states: Callable[[object], dict[str, TrackInfo]]
                 ) -> dict[str, dict[str, torch.Tensor]]:
-    """The weights of every target at `step` (name -> {entry: float32 tensor}); each source file
-    is read once, the sums are kept in float64."""
+    """The weights of every target at `step` (name -> {entry: float32 tensor}). Each source's
+    `path` is handed to `read_states` once (it returns the power EMAs stored there, by name:
+    the caller reads files, this only adds); the sums are kept in float64."""
     usable = [s for s in sources if s.step <= step]
     for target in targets:
         target.sources = usable
@@ -168,7 +137,7 @@ def reconstruct(targets: list[Target], sources: list[Source], step: int
     for i, s in enumerate(usable):
         by_file.setdefault(s.path, []).append(i)
     for path, indices in by_file.items():
-        states = power_states(load_source(path))
+        states = read_states(path)
         for i in indices:
             shadow = states[usable[i].name].shadow
             for target in targets:

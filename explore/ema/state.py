@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .exponential import averaging_window
-from .power import sigma_rel_to_gamma
+from explore.ema.decay import averaging_window
+from explore.ema.length import exponential_length, power_length
+from explore.ema.power import sigma_rel_to_gamma
 
 
 @dataclass
@@ -49,8 +50,6 @@ class TrackInfo:
     def length(self, step: int):
         """Its length (explore.ema.length.Length: sigma_rel, half-life) at optimizer `step`;
         None for a BEMA, whose profile has a negative weight (the bias term's on theta0)."""
-        from .length import exponential_length, power_length
-
         if self.kind == "bema":
             return None
         if self.kind == "phema":

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..errors import UserError
+from explore.core.errors import UserError
 
 _PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 

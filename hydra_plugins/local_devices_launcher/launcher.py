@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def device_pin(overrides: Sequence[str]) -> tuple[int | None, bool]:
     """(GPU index a job's `device=` override asks for, whether it asks for the CPU)."""
-    from explore.devices import parse_device
+    from explore.core.devices import parse_device
 
     for o in overrides:
         key, _, value = o.partition("=")

@@ -1,1 +1,0 @@
-"""Baseline vs LIFT EMA study: models, EMA, training, sampling, FID."""

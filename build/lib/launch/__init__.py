@@ -1,1 +1,0 @@
-"""Running many jobs: local devices in parallel (submitit LocalExecutor), SLURM."""
