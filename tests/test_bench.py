@@ -11,9 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -282,14 +279,3 @@ def test_presets_and_arguments():
         config_from_args(parse_args(["--only", "ema,nope", "--device", "cpu"]))
     with pytest.raises(SystemExit, match="--reps"):
         config_from_args(parse_args(["--reps", "0", "--device", "cpu"]))
-
-
-@pytest.mark.parametrize("old, new", [("explore.bench", "bench"),
-                                      ("explore.ema_overhead", "bench.ema_overhead")])
-def test_deprecated_module_aliases(old, new):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", old, "--help"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert f"python -m {new}" in done.stdout  # the new command's own help
-    assert "deprecated" in done.stderr and f"python -m {new}`" in done.stderr
