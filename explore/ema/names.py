@@ -1,9 +1,9 @@
 """Weight-set names of the averages, and what they mean: ``raw`` (the optimizer's weights),
 ``ema`` (the run's primary exponential EMA), ``ema@<decay>`` (another tracked decay),
 ``phema@<sigma_rel>`` (a power-function EMA, tracked or reconstructed post hoc) and ``bema``
-(the bias-corrected EMA, BEMA: one per run; it has no single length). `ema_name` / `phema_name` write them; `parse_weights` reads them. The
-same names are checkpoint keys (`emas`), metrics.csv column suffixes, fid.csv's `weights` and
-the reconstructed files' names.
+(the bias-corrected EMA, BEMA: one per run; it has no single length). `ema_name` /
+`phema_name` write them; `parse_weights` reads them. The same names are checkpoint keys
+(`emas`), metrics.csv column suffixes, fid.csv's `weights` and the reconstructed files' names.
 
 No torch import: analysis/ reads names without loading torch.
 """
