@@ -92,16 +92,21 @@ def build_runs(cfg: DictConfig, task_overrides: list[str]) -> tuple[Path, list[R
     sweep = s.get("posthoc")  # study=ema_length: power EMAs + the decays, then a sweep
     posthoc = ([f"sigma_rel=[{','.join(map(str, sweep.sigma_rel))}]", "epochs=all"]
                if sweep else None)
+    # power-function EMAs (the post-hoc sweep's sources, or study.power) and a BEMA go into one
+    # bank with the decays: every average of a run is scored on the same checkpoints
+    power = list(sweep.tracked) if sweep else list(s.get("power") or [])
     runs = []
     for model in s.models:
         for seed in s.seeds:
-            if sweep:
+            if power:
                 variants = [["ema=posthoc", f"ema.decays={listed}",
-                             f"ema.sigma_rels=[{','.join(map(str, sweep.tracked))}]"]]
-            elif s.ema_bank:
+                             f"ema.sigma_rels=[{','.join(map(str, power))}]"]]
+            elif s.ema_bank or s.get("bema"):
                 variants = [["ema=multi", f"ema.decays={listed}"]]
             else:
                 variants = [[f"ema.decay={d}"] for d in decays]
+            if s.get("bema"):
+                variants = [[*v, "ema.bema={}"] for v in variants]
             for ema_args in variants:
                 overrides = [f"model={model}", *user_train, *ema_args, f"seed={seed}",
                              *map(str, s.train)]

@@ -12,9 +12,16 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # <repo>/conf
 
 
 def ema_tag(ema) -> str:
-    """A short, filename-safe name of an EMA config, for run folder names."""
+    """A short, filename-safe name of an EMA config, for run folder names (a BEMA beside other
+    averages: "+bema")."""
     if ema is None or not ema.get("_target_"):
         return "noema"
+    if "ema_power" in ema:  # ema=bema: the bias-corrected EMA alone
+        return "bema"
+    return _averages_tag(ema) + ("+bema" if ema.get("bema") is not None else "")
+
+
+def _averages_tag(ema) -> str:
     if "sigma_rels" in ema:
         tag = "phema" + "+".join(str(s) for s in ema.sigma_rels)
         return tag + ("-ema" + "+".join(str(d) for d in ema.decays) if ema.get("decays") else "")

@@ -29,7 +29,7 @@ import importlib
 
 _EXPORTS = {
     "Averaging": "averaging", "Bank": "averaging",
-    "BEMA": "bema", "BEMA_NAME": "bema",
+    "BEMA": "bema", "BEMA_NAME": "names",
     "WARMUPS": "decay", "averaging_window": "decay", "check_decay": "decay",
     "warmup_decay": "decay",
     "EMA": "exponential", "EMABank": "exponential",

@@ -46,9 +46,8 @@ import torch
 from torch import nn
 
 from explore.ema.averaging import Averaging
+from explore.ema.names import BEMA_NAME
 from explore.ema.tensors import EMAStateError, LiveTensors, Track, copy_by_name
-
-BEMA_NAME = "bema"  # the weight-set name: one BEMA per run
 
 
 class _Op(NamedTuple):
@@ -146,6 +145,13 @@ class BEMA(Track, Averaging):
     @property
     def theta0(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.live.float_names, self._theta0))
+
+    @property
+    def settings(self) -> dict:
+        """What defines it (run.json's `bema`): its schedule, burn-in and update interval."""
+        return {"ema_power": self.ema_power, "bias_power": self.bias_power, "lag": self.lag,
+                "multiplier": self.multiplier, "burn_in": self.burn_in,
+                "update_every": self.update_every}
 
     def schedule(self, t: int) -> tuple[float, float]:
         """(beta, alpha) of the update at step t after the burn-in."""

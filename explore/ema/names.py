@@ -1,9 +1,9 @@
 """Weight-set names of the averages, and what they mean: ``raw`` (the optimizer's weights),
 ``ema`` (the run's primary exponential EMA), ``ema@<decay>`` (another tracked decay),
 ``phema@<sigma_rel>`` (a power-function EMA, tracked or reconstructed post hoc) and ``bema``
-(the bias-corrected EMA). `ema_name` / `phema_name` write them; `parse_weights` reads them. The
-same names are checkpoint keys (`emas`), metrics.csv column suffixes, fid.csv's `weights` and
-the reconstructed files' names.
+(the bias-corrected EMA, BEMA: one per run; it has no single length). `ema_name` /
+`phema_name` write them; `parse_weights` reads them. The same names are checkpoint keys
+(`emas`), metrics.csv column suffixes, fid.csv's `weights` and the reconstructed files' names.
 
 No torch import: analysis/ reads names without loading torch.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 # an EMA whose post-init share (1 - weight left on the initial weights) is below this is
 # "still mostly its initial weights": flagged in the log, fid.csv and the report (seed 004)
 EMA_SHARE_LOW = 0.5
+BEMA_NAME = "bema"  # the bias-corrected EMA's weight-set name (explore.ema.bema)
 
 
 def fmt_value(x: float) -> str:
@@ -37,11 +38,11 @@ def phema_name(sigma_rel: float) -> str:
 class WeightsName:
     """A parsed weight-set name."""
 
-    kind: str          # raw | ema | phema | other
+    kind: str          # raw | ema | phema | bema | other
     decay: float       # the exponential decay (NaN for raw, phema, other)
     sigma_rel: float   # the power profile's sigma_rel (NaN unless phema)
     id: str            # canonical name: `ema` of a 0.999 run and `ema@0.999` are both ema@0.999
-    label: str         # for tables: "raw", "EMA 0.9999", "post-hoc EMA σrel 0.1"
+    label: str         # for tables: "raw", "EMA 0.9999", "post-hoc EMA σrel 0.1", "BEMA"
 
 
 def parse_weights(weights: str, primary_decay: float | None = None) -> WeightsName:
@@ -55,6 +56,8 @@ def parse_weights(weights: str, primary_decay: float | None = None) -> WeightsNa
         return WeightsName("other", nan, nan, str(weights), str(weights))
     if name == "raw" and not arg:
         return WeightsName("raw", nan, nan, "raw", "raw")
+    if name == BEMA_NAME and not arg:
+        return WeightsName("bema", nan, nan, BEMA_NAME, "BEMA")
     if name == "ema":
         decay = value if arg else primary_decay
         if decay is None or (isinstance(decay, float) and math.isnan(decay)):

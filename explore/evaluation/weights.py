@@ -103,6 +103,8 @@ class WeightSet:
         if self.sigma_rel is not None:
             how = "reconstructed post-hoc" if self.reconstructed else "power-function"
             return f"{how} EMA sigma_rel {self.sigma_rel:g}"
+        if self.info is not None and self.info.kind == "bema":
+            return "BEMA (bias-corrected EMA)"
         return f"EMA decay {self.decay}"
 
 
@@ -111,6 +113,9 @@ def _from_info(name: str, info: TrackInfo, reconstructed: bool = False) -> Weigh
     if info.kind == "phema":
         return WeightSet(name, info.shadow, None, info.updates, False, info.init_weight,
                          info.window_steps, info.sigma_rel, reconstructed, info)
+    if info.kind == "bema":  # no single decay: mu's window of its last update is its lag
+        return WeightSet(name, info.shadow, None, info.updates, False, info.init_weight,
+                         info.window_steps, info=info)
     return WeightSet(name, info.shadow, info.decay, info.updates, info.estimated,
                      info.init_weight, info=info)
 
@@ -123,7 +128,7 @@ def _from_state(name: str, ema_state: dict, state: dict, steps_per_epoch: int | 
 
 def weight_sets(state: dict, steps_per_epoch: int | None = None) -> dict[str, WeightSet]:
     """All weight sets of a loaded checkpoint, `raw` first, then `ema` (the primary
-    exponential EMA), the other tracked decays and the tracked power-function EMAs."""
+    exponential EMA), the other tracked decays, the tracked power-function EMAs and a BEMA."""
     sets = {"raw": WeightSet("raw", state["model_state"])}
     ema_state = state.get("ema_state")
     if not ema_state:
@@ -136,7 +141,7 @@ def weight_sets(state: dict, steps_per_epoch: int | None = None) -> dict[str, We
     for name, sub in (state.get("emas") or {}).items():
         if name != primary:  # the primary is `ema` already: one evaluation per average
             sets[name] = _from_state(name, sub, state, steps_per_epoch)
-    if info.kind == "phema" and info.name not in sets:
+    if info.kind != "ema" and info.name not in sets:  # a primary phema or BEMA
         sets[info.name] = _from_info(info.name, info)
     return sets
 

@@ -27,6 +27,7 @@ class RunInfo:
     ema_decays: list = field(default_factory=list)       # every tracked exponential decay
     ema_half_lives_kimg: list = field(default_factory=list)  # their half-lives at batch_size
     ema_sigma_rels: list = field(default_factory=list)   # every tracked power-function EMA
+    bema: dict = field(default_factory=dict)  # a BEMA's settings (weight set `bema`), if tracked
     schedule: dict = field(default_factory=dict)         # the noise schedule (its describe())
     dataset: str | None = None            # the training images' content id
     image_size: int | None = None

@@ -69,7 +69,9 @@ class HeldOutLoss:
             ema = t.ema
             for track in (ema.tracks if ema is not None else []):
                 primary = track is ema.primary and track.kind == "ema"
-                suffix = "" if primary else "@" + track.name.split("@")[1]
+                # ema_<col>@<decay>, phema_<col>@<sigma_rel>, bema_<col> (one BEMA: no suffix)
+                suffix = "" if primary or "@" not in track.name else \
+                    "@" + track.name.split("@")[1]
                 with track.average_parameters():
                     row.update(self._row(f"{track.kind}_", suffix))
         finally:

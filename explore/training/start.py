@@ -194,6 +194,8 @@ def write_run_start(run: RunFolder, settings: TrainSettings, training: Training,
         schedule=training.schedule.describe(), dataset=data.name, image_size=data.image_size,
         num_images=len(data), epochs=epochs, steps_per_epoch=steps_per_epoch,
         batch_size=int(batch), device=str(training.device),
+        bema=ema.track("bema").settings if ema is not None and any(
+            t.kind == "bema" for t in ema.tracks) else {},
         changes=state.changes, environment=state.environments[0] if state.environments else {},
         environments=state.environments, history=state.events))
     model, schedule = training.model, training.schedule
@@ -215,6 +217,15 @@ def describe_ema(ema, steps_per_epoch: int, total_epochs: int, batch_size: int) 
     training achieved."""
     total_steps = steps_per_epoch * total_epochs
     for track in ema.tracks:
+        if track.kind == "bema":  # no decay of its own: mu's schedule and the bias weight
+            first, last = track.schedule(track.update_every), track.schedule(
+                max(track.update_every, total_steps - track.burn_in))
+            log.info("%s: bias-corrected EMA (%s); mu's window %.0f -> %.0f optimizer steps "
+                     "and bias weight alpha %.3f -> %.3f over the run (%d steps)", track.name,
+                     ", ".join(f"{k} {v:g}" for k, v in track.settings.items()),
+                     track.update_every / first[0], track.update_every / last[0], first[1],
+                     last[1], total_steps)
+            continue
         if track.kind == "phema":  # a power profile keeps a fixed fraction of the run
             log.info("%s: power-function EMA, gamma %.2f; window sigma_rel x t = %.0f optimizer "
                      "steps = %.2f epochs at the end of the run (%d steps)", track.name,

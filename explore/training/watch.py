@@ -179,6 +179,10 @@ def _panel(name: str, track, images: torch.Tensor, how: str, steps_per_epoch: in
         return Panel(name, images, ["raw weights", "what the optimizer made", how])
     share = float(track.share_post_init)
     lag = float(track.window_steps) / max(steps_per_epoch, 1)
+    if track.kind == "bema":  # its bias term removes the lag: say what its parts weigh
+        lines = ["BEMA (bias-corrected EMA)", f"mu window {lag:.3g} epochs, bias weight "
+                 f"{track.last_alpha:.3f} on (raw - initial)", how]
+        return Panel(name, images, lines, "", share)
     title = (f"EMA {fmt_value(track.decay)}" if track.kind == "ema"
              else f"power EMA sigma_rel {fmt_value(track.sigma_rel)}")
     lines = [title, f"EMA share {share:.2f} (trained weights), lag {lag:.3g} epochs", how]
