@@ -1,0 +1,139 @@
+"""The package's shape (issue 21): the folder tree is the architecture, imports only point down,
+only the entry points read the config, and run folders saved before the move still load."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny import rows
+
+from explore import evaluate as ev
+from explore.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "explore"
+# the layers, top to bottom: a module may import its own subpackage and those below it
+LAYERS = [{"train", "evaluate", "posthoc", "cli"}, {"training", "evaluation"}, {"run", "lift"},
+          {"ema"}, {"nets"}, {"core"}]
+ENTRY_POINTS = {"explore.train", "explore.evaluate", "explore.posthoc", "explore.cli"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module of `explore` (or other top-level name) a file imports, anywhere in it."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if module.count(".") else ""
+    return next((k for k, names in enumerate(LAYERS) if part in names), -1)
+
+
+def test_few_modules_at_the_top_and_a_docstring_per_subpackage():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 8, top
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and "May import" in doc or init.parent.name == "ema", init
+    assert not (PACKAGE / "bench.py").exists() and not (PACKAGE / "ema_overhead.py").exists()
+
+
+def test_imports_point_down_and_form_no_cycle(graph):
+    for module, deps in graph.items():
+        for dep in deps:
+            if dep == "explore" or _layer(dep) < 0 or _layer(module) < 0:
+                continue
+            same = module.split(".")[:2] == dep.split(".")[:2] or _layer(module) == _layer(dep) == 0
+            # (the entry points share explore.cli)
+            assert same or _layer(dep) > _layer(module), f"{module} imports {dep} (upwards)"
+    done = set()
+
+    def visit(m, stack):
+        assert m not in stack, "import cycle: " + " -> ".join([*stack, m])
+        if m in done:
+            return
+        for d in graph[m]:
+            visit(d, [*stack, m])
+        done.add(m)
+
+    for m in graph:
+        visit(m, [])
+
+
+def test_only_the_entry_points_read_the_config():
+    readers = {_module_name(p) for p in PACKAGE.rglob("*.py")
+               if any(i.split(".")[0] == "omegaconf" for i in _imports(p))}
+    assert readers <= ENTRY_POINTS | {"explore.core.config"}, readers
+    assert len(readers) <= 6
+
+
+def test_ema_imports_nothing_of_explore_outside_itself_but_core(graph):
+    for module, deps in graph.items():
+        if module.startswith("explore.ema"):
+            outside = {d for d in deps if not d.startswith(("explore.ema", "explore.core"))}
+            assert not outside, (module, outside)
+
+
+# -- run folders from before the move ------------------------------------------------------------
+OLD = {"explore.nets.models.": "explore.models.", "explore.nets.data.": "explore.data.",
+       "explore.nets.diffusion.": "explore.diffusion."}
+
+
+def _as_before(tree):
+    """A config tree with the `_target_`s this harness saved before explore/ had subpackages."""
+    if isinstance(tree, dict):
+        out = {k: _as_before(v) for k, v in tree.items()}
+        for new, old in OLD.items():
+            if str(out.get("_target_", "")).startswith(new):
+                out["_target_"] = old + out["_target_"][len(new):]
+        return out
+    return [_as_before(v) for v in tree] if isinstance(tree, list) else tree
+
+
+@pytest.mark.filterwarnings("ignore:eval.num_images")
+def test_a_run_folder_saved_before_the_move_evaluates_and_resumes(tiny_cfg, eval_cfg, tmp_path):
+    run = train(tiny_cfg("model=baseline", "trainer.epochs=1", "data.num_images=32",
+                         "trainer.sample_every=0"), tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["_target_"] == "explore.nets.models.BaselineUNet"
+    (run / "config.yaml").write_text(yaml.safe_dump(_as_before(config)))
+    for path in (run / "checkpoints").glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        state["config"] = _as_before(state["config"])
+        torch.save(state, path)
+    saved = torch.load(run / "checkpoints" / "epoch_0001.pt", weights_only=True)["config"]
+    assert saved["model"]["_target_"] == "explore.models.BaselineUNet"
+    out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.weights=[raw]"))
+    assert [r["weights"] for r in rows(out)] == ["raw"]
+    train(tiny_cfg("model=baseline", "trainer.epochs=2", "data.num_images=32",
+                   "trainer.sample_every=0", "resume=true"), run)  # the same experiment
+    events = json.loads((run / "run.json").read_text())["history"]
+    assert [e["event"] for e in events] == ["start", "resume"]
