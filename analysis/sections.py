@@ -114,10 +114,12 @@ def _reading_notes(table: pd.DataFrame) -> list[str]:
 
 
 def _shown_variants(summary: pd.DataFrame, best: dict[str, str]) -> list[str]:
-    """The FID-against-epoch figure's panels: every fixed decay (what the study trained) and
-    each series' lowest-FID length; the whole sweep is the FID-against-length figure's."""
-    fixed = summary.loc[summary["kind"] == "ema", "variant"].drop_duplicates().tolist()
-    return [v for v in variants(summary) if v in fixed or v in best.values()]
+    """The FID-against-epoch figure's panels: the results table's weight set (the first),
+    every fixed decay (what the study trained) and each series' lowest-FID length; the whole
+    sweep is the FID-against-length figure's."""
+    names = variants(summary)
+    fixed = set(summary.loc[summary["kind"] == "ema", "variant"])
+    return [v for i, v in enumerate(names) if i == 0 or v in fixed or v in best.values()]
 
 
 def results_section(study: Study, summary: pd.DataFrame, protocol: str, out: Path,
