@@ -12,13 +12,20 @@ import pandas as pd
 from .stats import Interval
 from .tables import SIGNIFICANT_MARK, SeriesResult, fid_cell, fmt_gain
 
+NO_INTERVAL = "one seed and no bootstrap replicates"
 
-def gain_text(gain: Interval | None) -> str:
-    """"-5.17 [-5.83, -4.51] (t over 3 sampling seeds): significant, EMA better"."""
+
+def _bare(gain: Interval | None) -> bool:
+    return gain is not None and not gain.has_interval
+
+
+def gain_text(gain: Interval | None, why: bool = True) -> str:
+    """"-5.17 [-5.83, -4.51] (t over 3 sampling seeds): significant, EMA better"; without an
+    interval, the estimate and (``why``) the reason."""
     if gain is None:
         return "not measured for both"
     if not gain.has_interval:
-        return fmt_gain(gain) + " (no interval: one seed and no bootstrap replicates)"
+        return fmt_gain(gain) + (f" (no interval: {NO_INTERVAL})" if why else "")
     verdict = ("significant, EMA better" if gain.significant and gain.estimate < 0 else
                "significant, EMA worse" if gain.significant else "not significant")
     return f"{fmt_gain(gain).rstrip(' ' + SIGNIFICANT_MARK)} ({gain.method}): {verdict}"
@@ -28,8 +35,11 @@ def significance(series: str, variant: str, r: SeriesResult) -> str:
     """One sentence: is the EMA's effect significant at the best and at the final epoch?"""
     best = (f"the best epochs (raw {r.best_raw.name}, EMA {r.best_ema.name})"
             if r.best_raw is not None and r.best_ema is not None else "the best epochs")
-    return (f"**{series}**: FID of {variant} minus raw at {best}: {gain_text(r.best_gain)}; "
-            f"at the final epoch {r.final}: {gain_text(r.final_gain)}.")
+    once = _bare(r.best_gain) and _bare(r.final_gain)  # the same reason, said once
+    return (f"**{series}**: FID of {variant} minus raw at {best}: "
+            f"{gain_text(r.best_gain, not once)}; at the final epoch {r.final}: "
+            f"{gain_text(r.final_gain, not once)}" + (f" (no intervals: {NO_INTERVAL})."
+                                                      if once else "."))
 
 
 def plateau(series: str, variant: str, r: SeriesResult) -> str | None:

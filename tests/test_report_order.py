@@ -116,6 +116,9 @@ def test_report_md_opens_with_the_verdict_table_and_figure(report):
     assert head.startswith("# ") and head.count("\n- **") == 2
     assert "- **Baseline**: FID of EMA 0.999 minus raw" in head
     assert "- **LIFT DP-Total**: FID of EMA 0.999 minus raw" in head
+    # one seed, no bootstrap: no interval, and the sentence says why once, not twice
+    assert head.count("(no intervals: one seed and no bootstrap replicates).") == 2
+    assert head.count("no interval") == 2
     # the footnote of a number that reads differently stays beside it, before the figure
     after = text[text.index(first[-1]):]
     assert after.index("† EMA still mostly initial weights") < after.index("![")
