@@ -122,6 +122,25 @@ def _shown_variants(summary: pd.DataFrame, best: dict[str, str]) -> list[str]:
     return [v for i, v in enumerate(names) if i == 0 or v in fixed or v in best.values()]
 
 
+def _verdict_lines(summary: pd.DataFrame, results: dict, primary: str | None,
+                   best: dict[str, str]) -> list[str]:
+    """Per series: is ``primary`` better than raw, and (with several lengths) which averaged
+    weight set is best. ``results``: variant -> series -> SeriesResult."""
+    sentences = []
+    for series in summary["series"].drop_duplicates():
+        r = results.get(primary, {}).get(series)
+        if r is not None:
+            sentences.append(verdict.significance(series, primary, r))
+        if series in best:
+            count = sum(series in by_series for by_series in results.values())
+            sentences.append(verdict.best_length(series, best[series],
+                                                 results[best[series]][series], count,
+                                                 primary, r))
+    if not sentences:
+        return ["No averaged weight set evaluated: raw FID only (see Missing).", ""]
+    return [f"- {s}" for s in sentences] + [""]
+
+
 def results_section(study: Study, summary: pd.DataFrame, protocol: str, out: Path,
                     folder: Path, formats: Sequence[str], several: bool,
                     fid_scale: str = "auto") -> list[str]:
@@ -138,20 +157,7 @@ def results_section(study: Study, summary: pd.DataFrame, protocol: str, out: Pat
     lengths = length.has_several_lengths(summary)
     best = length.best_variants(results) if lengths else {}
 
-    sentences = []
-    for series in summary["series"].drop_duplicates():
-        r = results.get(primary, {}).get(series)
-        if r is not None:
-            sentences.append(verdict.significance(series, primary, r))
-        if series in best:
-            count = sum(series in by_series for by_series in results.values())
-            sentences.append(verdict.best_length(series, best[series],
-                                                 results[best[series]][series], count,
-                                                 primary, r))
-    lines += [f"- {s}" for s in sentences] or ["No averaged weight set evaluated: raw FID only "
-                                                "(see Missing)."]
-    lines.append("")
-
+    lines += _verdict_lines(summary, results, primary, best)
     table = tables[primary] if primary else results_table(summary, None)
     files = write_table(table, folder / _stem(summary, primary))
     title = f"Results: {primary}" if primary else "Results (no EMA rows)"
