@@ -9,13 +9,14 @@ Raw weights have no length: they are drawn left of the shortest one, labelled "r
 - `length_summary`: ``summarize``'s rows of one protocol with a ``sigma_rel`` column.
 - `best_lengths`: per (series, epoch) the lowest seed-mean FID among averaged weight sets.
 - `length_table`: that, as the report's table (best length, its FID, raw, fixed decay).
+- `length_results`: the question "which EMA length?" as one table: a row per weight set (raw,
+  fixed decays, post-hoc lengths), its best and final FID with EMA - raw and its interval.
 - `fid_length_figure`, `best_length_figure`: the figures.
 """
 
 from __future__ import annotations
 
 import math
-import textwrap
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,22 @@ from .figures import (
     panel_grid,
     series_colour,
 )
-from .tables import fmt_count, fmt_fid
+from .tables import (
+    GAIN_COLUMN,
+    SeriesResult,
+    fid_cell,
+    fmt_count,
+    fmt_fid,
+    fmt_gain,
+    results_table,
+    variant_rank,
+    variants,
+)
 
 AVERAGED = ("ema", "phema")
+BEST_MARK = "★"  # the lowest FID at its best epoch among a series' averaged weight sets
+LENGTH_COLUMNS = ["Weights", "σrel", "Best FID", f"{GAIN_COLUMN} at best", "Final FID",
+                  f"{GAIN_COLUMN} at final"]
 RAW_GAP = 2.5  # raw is drawn this factor left of the shortest length (log axis)
 MAX_PANELS = 4
 
@@ -119,6 +133,76 @@ def length_table(lengths: pd.DataFrame) -> pd.DataFrame:
             row[f"EMA {w.split('@')[1]} FID"] = _fid_text(r) + sigma
         rows.append(row)
     return pd.DataFrame(rows).set_index("Model") if rows else pd.DataFrame()
+
+
+def series_results(summary: pd.DataFrame) -> dict[str, dict[str, SeriesResult]]:
+    """variant -> series -> `SeriesResult` (EMA - raw at the best and final epochs), for every
+    averaged weight set of one protocol, in table order."""
+    return {v: results_table(summary, v).attrs["results"] for v in variants(summary)}
+
+
+def best_variants(results: dict[str, dict[str, SeriesResult]]) -> dict[str, str]:
+    """series -> the averaged weight set whose best-epoch seed-mean FID is lowest."""
+    best: dict[str, tuple[float, str]] = {}
+    for variant, by_series in results.items():
+        for series, r in by_series.items():
+            if r.best_ema is not None and (series not in best
+                                           or r.best_ema["mean"] < best[series][0]):
+                best[series] = (float(r.best_ema["mean"]), variant)
+    return {series: variant for series, (_, variant) in best.items()}
+
+
+def _final_sigma(lengths: pd.DataFrame, series: str, variant: str, epoch: int) -> float:
+    rows = lengths[(lengths["series"] == series) & (lengths["variant"] == variant)]
+    at = rows.loc[rows["epoch"] == epoch, "sigma_rel"].dropna()
+    return float(at.iloc[0]) if len(at) else math.nan
+
+
+def length_results(summary: pd.DataFrame, lengths: pd.DataFrame,
+                   results: dict[str, dict[str, SeriesResult]] | None = None) -> pd.DataFrame:
+    """"Which EMA length?" as one table (issue 22: not one results table per length): per
+    series, a row for raw and one per averaged weight set, ordered by σrel at the final epoch
+    (a fixed decay's shrinks as training goes on; unknown last); columns the best FID
+    (@ epoch), EMA - raw there (paired with raw at its own best epoch, as the results table),
+    the final-epoch FID and EMA - raw there. The lowest best FID of a series' averaged weight
+    sets is marked BEST_MARK, tracked post-hoc EMAs "(tracked)". ``results``: `series_results`
+    when already computed."""
+    results = series_results(summary) if results is None else results
+    best = best_variants(results)
+    tracked = {(s, v) for s, v, t in zip(lengths.get("series", []), lengths.get("variant", []),
+                                         lengths.get("tracked", []), strict=True) if t}
+    rows = []
+    for series, part in summary.groupby("series", sort=False):
+        raw = part[part["variant"] == "raw"].set_index("epoch")
+        if not raw.empty:
+            best_raw = raw.loc[raw["mean"].idxmin()]
+            rows.append({"Model": series, "Weights": "raw", "σrel": "",
+                         "Best FID": fid_cell(best_raw, with_epoch=True), "Final FID":
+                         fid_cell(raw.loc[raw.index.max()])})
+        averaged = []
+        for variant, by_series in results.items():
+            r = by_series.get(series)
+            if r is None or (r.best_ema is None and r.last_ema is None):
+                continue
+            sigma = _final_sigma(lengths, series, variant, r.final)
+            kind = part.loc[part["variant"] == variant].iloc[0]
+            key = (math.isnan(sigma), sigma if not math.isnan(sigma) else 0.0,
+                   variant_rank(kind["kind"], kind["decay"], variant))
+            label = variant + (" (tracked)" if (series, variant) in tracked else "")
+            label += f" {BEST_MARK}" if best.get(series) == variant else ""
+            averaged.append((key, {
+                "Model": series, "Weights": label,
+                "σrel": "" if math.isnan(sigma) else f"{sigma:.3g}",
+                "Best FID": fid_cell(r.best_ema, with_epoch=True),
+                f"{GAIN_COLUMN} at best": fmt_gain(r.best_gain),
+                "Final FID": fid_cell(r.last_ema), f"{GAIN_COLUMN} at final":
+                fmt_gain(r.final_gain)}))
+        rows += [row for _, row in sorted(averaged, key=lambda a: a[0])]
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).set_index("Model").reindex(columns=LENGTH_COLUMNS).fillna("")
+    table.attrs["results"], table.attrs["best"] = results, best
+    return table
 
 
 def chosen_epochs(lengths: pd.DataFrame, most: int = MAX_PANELS) -> list[int]:
@@ -204,7 +288,7 @@ def fid_length_figure(lengths: pd.DataFrame, title: str, scale: str = "auto"
         log_axis(axes[0])
     for ax in axes[::ncols]:
         ax.set_ylabel("FID (lower is better)")
-    fig.suptitle(textwrap.fill(title, 70 if ncols > 1 else 45))
+    fig.suptitle(title)
     fig.legend(handles=_legend(series), loc="outside lower center", ncol=3, frameon=False)
     return fig
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import textwrap
 from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
@@ -193,7 +192,7 @@ def fid_figure(summary: pd.DataFrame, title: str, scale: str = "auto") -> Figure
         ax.set_ylabel("FID (lower is better" + (", log scale)" if log else ")"))
     if log:
         log_axis(axes[0])  # shared y: every panel follows
-    fig.suptitle(textwrap.fill(title, 70 if ncols > 1 else 45))
+    fig.suptitle(title)
     fig.legend(handles=_fid_legend(series, summary), loc="outside lower center",
                ncol=2 if ncols == 1 else 4, frameon=False)
     return fig
@@ -231,7 +230,7 @@ def prc_figure(summary: pd.DataFrame, title: str) -> Figure | None:
                        label="raw weights" if v == "raw" else v) for v in weight_sets]
     if (summary["precision_n"] > 1).any():
         handles.append(Patch(color="grey", alpha=0.3, label="± std over seeds"))
-    fig.suptitle(textwrap.fill(title, 70))
+    fig.suptitle(title)
     fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
     return fig
 

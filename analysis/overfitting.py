@@ -13,7 +13,6 @@ Each figure is None when its columns are absent, and the report then says so.
 from __future__ import annotations
 
 import re
-import textwrap
 
 import pandas as pd
 from matplotlib import colormaps
@@ -88,7 +87,7 @@ def heldout_figure(long: pd.DataFrame) -> Figure | None:
                 label = f"{w} {QUANTITIES[quantity]}" if ax is ax_loss else w
                 ax.plot(stats.index, stats.values, style, marker=".", color=colour,
                         label=label)
-        ax_loss.set_title(f"{model_name(model)}: held-out (solid) and training (dashed) loss")
+        ax_loss.set_title(f"{model_name(model)}: held-out (solid), training (dashed)")
         ax_loss.set_ylabel("loss on fixed (image, t, noise)")
         ax_gap.axhline(0, color="grey", lw=0.8)
         ax_gap.set_title(f"{model_name(model)}: gap = held-out - training")
@@ -152,7 +151,7 @@ def memorization_figure(memo: pd.DataFrame, title: str) -> Figure | None:
     top = 100 * float(memo["mean"].max())
     axes[0].set_ylim(0, max(1.0, 1.15 * top))  # all zero: a 0-1% axis, not a line at mid-height
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.suptitle(textwrap.fill(title, 90))
+    fig.suptitle(title)
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)),
                frameon=False)
     return fig

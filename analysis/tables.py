@@ -147,7 +147,8 @@ def spread_decimals(std: float) -> int:
     return max(2, min(4, 1 - math.floor(math.log10(std))))
 
 
-def _cell(row: pd.Series | None, with_epoch: bool = False) -> str:
+def fid_cell(row: pd.Series | None, with_epoch: bool = False) -> str:
+    """A summary row's FID as a table cell: "27.90 ± 0.10 (n=3) @ 400ep †"; "n/a" for None."""
     if row is None:
         return NOT_AVAILABLE
     text = fmt_fid(row["mean"], row["std"], row["n"], fmt_count(row),
@@ -234,11 +235,11 @@ def results_table(summary: pd.DataFrame, variant: str) -> pd.DataFrame:
                               paired(best_raw, best_ema), paired(last_raw, last_ema))
         results[series] = result
         rows[f"{series} best"] = [
-            _cell(best_raw, with_epoch=True), _cell(best_ema, with_epoch=True),
+            fid_cell(best_raw, with_epoch=True), fid_cell(best_ema, with_epoch=True),
             fmt_gain(result.best_gain),
         ]
         rows[f"{series} @ final epoch"] = [
-            _cell(last_raw), _cell(last_ema), fmt_gain(result.final_gain),
+            fid_cell(last_raw), fid_cell(last_ema), fmt_gain(result.final_gain),
         ]
     table = pd.DataFrame.from_dict(rows, orient="index", columns=RESULT_COLUMNS)
     table.index.name = "Model"
@@ -264,7 +265,7 @@ def epoch_table(summary: pd.DataFrame) -> pd.DataFrame:
     order = ["raw"] + variants(summary)
     for variant in order:
         for series, part in summary[summary["variant"] == variant].groupby("series", sort=False):
-            columns[f"{series} {variant}"] = {row["epoch"]: _cell(row)
+            columns[f"{series} {variant}"] = {row["epoch"]: fid_cell(row)
                                               for _, row in part.iterrows()}
     for metric, label, scale, decimals in OTHER_METRICS:
         if f"{metric}_mean" not in summary or summary[f"{metric}_mean"].isna().all():

@@ -65,7 +65,12 @@ def test_html_is_one_self_contained_file(html_report):
     assert "Baseline best" in page and "[-5.17, -5.17]" in page
     assert "Feature extractor" in page
     assert 'alt="FID vs epoch' in page and 'alt="EMA diagnostics' in page
-    assert not re.search(r'(?:src|href)="[^"]*eval/(grids|heatmaps)', page)  # embedded
+    assert not re.search(r'src="[^"]*eval/(grids|heatmaps)', page)  # embedded
+    # each linking its full-size file (issue 22), and only from an embedded copy
+    linked = re.findall(r'href="([^"]*eval/(?:grids|heatmaps)/[^"]*)"', page)
+    wrapped = re.findall(r'<a href="([^"]*eval/(?:grids|heatmaps)/[^"]*)"><img [^>]*'
+                         r'src="data:image/', page)
+    assert linked and linked == wrapped
     assert len(re.findall(r'alt="baseline-ema0.9999-s0 epoch \d+ raw ddim"', page)) >= 1
     assert 'alt="lift-ema0.9999-s0 epoch 800 raw"' in page  # the heatmap
 
