@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .environments import environment_table
 from .header import protocol_header, runs_table
 from .load import Study
+from .tables import to_markdown
 
 
 @dataclass
@@ -50,6 +52,19 @@ def runs_section(a: Appendix) -> list[str]:
     return ["## Runs", "", *runs_table(a.study.runs)]
 
 
+def environments_section(a: Appendix) -> list[str]:
+    """What software and machines made the runs and the rows (run.json's environments,
+    fid.csv's environment column): compare two studies' numbers only knowing this."""
+    table = environment_table(a.study)
+    lines = ["## Environments", ""]
+    if table.empty:
+        return lines + ["No environment recorded (runs made before run.json had one).", ""]
+    return lines + ["Each environment that trained a run or made an evaluation row (id: a hash "
+                    "of the torch, CUDA, cuDNN, device, Python and package versions and the "
+                    "commit; run.json and eval/environments.json hold the full records):", "",
+                    to_markdown(table), ""]
+
+
 def _list_section(title: str, messages: list[str], empty: str) -> list[str]:
     return [f"## {title}", "", *([f"- {m}" for m in messages] or [empty]), ""]
 
@@ -63,7 +78,8 @@ def warnings_section(a: Appendix) -> list[str]:
 
 
 SECTIONS: list[Callable[[Appendix], list[str]]] = [
-    protocol_section, runs_section, missing_section, warnings_section,
+    protocol_section, runs_section, environments_section, missing_section,
+    warnings_section,
 ]
 
 

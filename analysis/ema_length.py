@@ -48,6 +48,8 @@ from .tables import (
 )
 
 AVERAGED = ("ema", "phema")
+OWN_METHOD = "bema"  # an average with no single length (BEMA): drawn as its own marker
+NO_LENGTH = "none (BEMA)"  # its σrel cell
 BEST_MARK = "★"  # the lowest FID at its best epoch among a series' averaged weight sets
 LENGTH_COLUMNS = ["Weights", "σrel", "Best FID", f"{GAIN_COLUMN} at best", "Final FID",
                   f"{GAIN_COLUMN} at final"]
@@ -192,7 +194,8 @@ def length_results(summary: pd.DataFrame, lengths: pd.DataFrame,
             label += f" {BEST_MARK}" if best.get(series) == variant else ""
             averaged.append((key, {
                 "Model": series, "Weights": label,
-                "σrel": "" if math.isnan(sigma) else f"{sigma:.3g}",
+                "σrel": (NO_LENGTH if kind["kind"] == OWN_METHOD else
+                         "" if math.isnan(sigma) else f"{sigma:.3g}"),
                 "Best FID": fid_cell(r.best_ema, with_epoch=True),
                 f"{GAIN_COLUMN} at best": fmt_gain(r.best_gain),
                 "Final FID": fid_cell(r.last_ema), f"{GAIN_COLUMN} at final":
@@ -237,14 +240,24 @@ def _length_panel(ax, rows: pd.DataFrame, x_raw: float, colour: str) -> None:
         best = avg.loc[avg["mean"].idxmin()]
         ax.scatter([best["sigma_rel"]], [best["mean"]], marker="*", s=110, color=colour,
                    edgecolors="black", linewidths=0.6, zorder=5)
+    # BEMA has no single length (its bias term is not an average of past weights): a
+    # horizontal line at its FID across the panel, a triangle at the right edge
+    for _, own in rows[rows["kind"] == OWN_METHOD].iterrows():
+        ax.axhline(own["mean"], color=colour, ls="-.", lw=1.0)
+        ax.plot([1.0], [own["mean"]], marker=">", ms=7, color=colour, mec="black", mew=0.5,
+                ls="", transform=blended_transform_factory(ax.transAxes, ax.transData),
+                clip_on=False, zorder=5)
     raw = rows[rows["kind"] == "raw"]
     if not raw.empty:
         ax.errorbar([x_raw], raw["mean"], yerr=raw["std"].fillna(0), fmt="X", ms=6,
                     color=colour, mec="black", mew=0.5, capsize=1.5, zorder=4)
 
 
-def _legend(series: list[str]) -> list:
+def _legend(series: list[str], own_method: bool = False) -> list:
     handles = [Line2D([], [], color=series_colour(s), label=s) for s in series]
+    if own_method:
+        handles.append(Line2D([], [], color="grey", marker=">", ls="-.", mec="black",
+                              label="BEMA (no single length: its FID as a line)"))
     return handles + [
         Line2D([], [], color="grey", marker="X", ls="", mec="black", label="raw weights"),
         Line2D([], [], color="grey", marker="o", ls="", label="post-hoc EMA (reconstructed)"),
@@ -289,7 +302,7 @@ def fid_length_figure(lengths: pd.DataFrame, title: str, scale: str = "auto"
     for ax in axes[::ncols]:
         ax.set_ylabel("FID (lower is better)")
     fig.suptitle(title)
-    fig.legend(handles=_legend(series), loc="outside lower center", ncol=3, frameon=False)
+    fig.legend(handles=_legend(series, (shown["kind"] == OWN_METHOD).any()), loc="outside lower center", ncol=3, frameon=False)
     return fig
 
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from explore.core.errors import UserError
 
 from .appendix import Appendix, appendix_lines
+from .environments import mixed_environment_warnings
 from .figures import FID_SCALES
 from .html import write_html
 from .load import Study, dedupe_networks, load_study
@@ -64,6 +65,7 @@ def _made_by(study: Study, study_dir, runs, missing: list[str], warnings: list[s
     evaluated = int((study.runs["eval_rows"] > 0).sum())
     return (f"Made by `python -m analysis.report` from {len(study.runs)} runs in {source} "
             f"({evaluated} evaluated). At the end: how every number was made, the runs, "
+            f"the environments, "
             f"{_count(len(missing), 'missing piece')} and {_count(len(warnings), 'warning')}.")
 
 
@@ -101,7 +103,7 @@ def make_report(
     missing = find_missing(study, summary)
     for message in missing:
         log.warning("missing: %s", message)
-    warnings = find_warnings(summary)
+    warnings = find_warnings(summary) + mixed_environment_warnings(study)
     for message in warnings:
         log.warning("warning: %s", message)
 

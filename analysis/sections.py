@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import ema_length as length
-from . import verdict
+from . import lag, verdict
 from .figures import ema_figure, fid_figure, prc_figure, save_figure, training_figure
 from .header import seeds_text
 from .load import Study, ema_diagnostics
@@ -175,12 +175,36 @@ def results_section(study: Study, summary: pd.DataFrame, protocol: str, out: Pat
     lines += _reading_notes(table)
     lines += [file_links(files, out), ""]
 
+    lines += _lag_section(summary, protocol, out, folder, formats, fid_scale)
     lines += _length_section(study, summary, protocol, out, folder, formats, fid_scale,
                              tables, primary)
     lines += _by_epoch_section(summary, protocol, out, folder)
     lines += _prc_section(summary, out, folder, formats)
     lines += _memorization_lines(study, protocol, out, folder, formats)
     return lines
+
+
+def _lag_section(summary: pd.DataFrame, protocol: str, out: Path, folder: Path,
+                 formats: Sequence[str], fid_scale: str) -> list[str]:
+    """"Does BEMA remove the lag?": the early epochs and the final one, BEMA against the
+    longest exponential EMA and against raw, paired; [] without a BEMA."""
+    table = lag.lag_table(summary)
+    if table is None:
+        return []
+    files = write_table(table, folder / "bema_lag")
+    _print_table(f"BEMA and the lag [{protocol}]", table)
+    lines = ["### BEMA and the EMA's lag", "",
+             "BEMA (Block & Zhang 2025) adds a bias correction alpha_t (theta - theta0) to an "
+             "EMA whose decay grows with the step, to keep the averaging without the lag. "
+             "Differences paired per (checkpoint, sampling seed), 95% interval, "
+             f"{SIGNIFICANT_MARK} when it excludes 0; negative = BEMA better.", ""]
+    lines += [f"- {s}" for s in lag.lag_verdicts(table)] + [""]
+    lines += [to_markdown(table), ""]
+    figure = _save(lag.lag_figure(summary, "BEMA vs EMA vs raw", fid_scale),
+                   folder / "bema_lag", formats)
+    lines += figure_links(figure, out, "FID vs epoch: raw (solid black), the EMAs (dashed, "
+                          "dotted), BEMA (thick), ± std over seeds")
+    return lines + [file_links(files, out), ""]
 
 
 def _by_epoch_section(summary: pd.DataFrame, protocol: str, out: Path,

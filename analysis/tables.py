@@ -45,8 +45,8 @@ _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$"
 
 
 def variant_rank(kind: str, decay: float, variant: str) -> tuple:
-    """Sort key of weight sets: raw, then EMA by decreasing decay, post-hoc EMA, others."""
-    order = {"raw": 0, "ema": 1, "phema": 2}.get(kind, 3)
+    """Sort key of weight sets: raw, then EMA by decreasing decay, post-hoc EMA, BEMA, others."""
+    order = {"raw": 0, "ema": 1, "phema": 2, "bema": 3}.get(kind, 4)
     return (order, -decay if kind == "ema" and not math.isnan(decay) else 0.0, variant)
 
 
