@@ -35,4 +35,11 @@ Modules: config (sizes, BenchConfig, presets), timing (round-robin timing, memor
 cases_* (one per section; harness_trainer builds the harness's training step), report (targets
 and Markdown), run (run_bench and the command line), naive (the reference implementations, also
 used by the tests), ema_overhead (its own command).
+
+`python -m bench.gpu_check` (`./scripts/gpu-check`) is the one prepared command for a GPU slot:
+correctness on CUDA, a killed-and-resumed training, throughput at the reference size, the
+study's projected cost and the two-GPU pool, within a time budget (gpu_check: the command line,
+the budget and the report files; gpu_plan: what each device measures; gpu_correctness,
+gpu_resume + gpu_child, gpu_throughput, gpu_projection, gpu_pool: the five steps; gpu_report:
+the Markdown).
 """

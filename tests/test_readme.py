@@ -72,6 +72,11 @@ def test_every_command_of_the_readme_composes(cmd):
     from explore.core.config import compose
 
     _, _, module, *args = shlex.split(cmd)  # python -m <module> <args>
+    if module == "bench.gpu_check":
+        from bench.gpu_check import parse_args
+
+        parse_args(args)
+        return
     if module == "bench" or module.startswith("bench."):
         from bench.run import parse_args
 
