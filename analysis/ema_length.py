@@ -302,7 +302,8 @@ def fid_length_figure(lengths: pd.DataFrame, title: str, scale: str = "auto"
     for ax in axes[::ncols]:
         ax.set_ylabel("FID (lower is better)")
     fig.suptitle(title)
-    fig.legend(handles=_legend(series, (shown["kind"] == OWN_METHOD).any()), loc="outside lower center", ncol=3, frameon=False)
+    fig.legend(handles=_legend(series, (shown["kind"] == OWN_METHOD).any()),
+               loc="outside lower center", ncol=3, frameon=False)
     return fig
 
 

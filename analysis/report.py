@@ -63,7 +63,8 @@ def _made_by(study: Study, study_dir, runs, missing: list[str], warnings: list[s
     """The line under the title: where the runs came from, and what waits at the end."""
     source = ", ".join(str(p) for p in ([study_dir] if study_dir else []) + list(runs or []))
     evaluated = int((study.runs["eval_rows"] > 0).sum())
-    return (f"Made by `python -m analysis.report` from {_count(len(study.runs), 'run')} in {source} "
+    return (f"Made by `python -m analysis.report` from {_count(len(study.runs), 'run')} "
+            f"in {source} "
             f"({evaluated} evaluated). At the end: how every number was made, the runs, "
             f"the environments, "
             f"{_count(len(missing), 'missing piece')} and {_count(len(warnings), 'warning')}.")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from synthetic_runs import known_fid, write_run, write_study
+from synthetic_runs import known_fid, write_length_study, write_run, write_study
 
 from analysis import ema_length as length
 from analysis.figures import ema_figure, fid_figure, fid_log_scale, star_shifts, training_figure
@@ -172,12 +172,7 @@ def _length_fid(model: str):
 @pytest.fixture(scope="module")
 def length_study(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("length") / "study"
-    for model in ("baseline", "lift"):
-        write_run(root, f"{model}-phema", model=model, seed=0, ema_decays=[0.999],
-                  phema=SIGMAS, tracked_sigma_rels=[0.07], fid=_length_fid(model),
-                  epochs=EPOCHS, heldout=True,
-                  extra=lambda p, w, e, s: {"memorization": 0.01 * e / 800})
-    return root
+    return write_length_study(root, _length_fid, SIGMAS, EPOCHS)
 
 
 def _lengths(study_dir: Path) -> pd.DataFrame:

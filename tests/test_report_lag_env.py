@@ -132,7 +132,7 @@ def _environment(env_id: str, torch: str) -> dict:
 def _environment_study(root: Path, second_torch: str) -> Path:
     """Two runs trained in env-a; the second run's rows evaluated in env-b."""
     envs = {"env-a": _environment("env-a", "2.5.1"), "env-b": _environment("env-b", second_torch)}
-    for k, (model, rows_env) in enumerate((("baseline", "env-a"), ("lift", "env-b"))):
+    for model, rows_env in (("baseline", "env-a"), ("lift", "env-b")):
         run = write_run(root, f"{model}-seed0", model=model, seed=0, ema_decays=(0.99,))
         info = json.loads((run / RUN_FILE).read_text())
         info["environments"] = [envs["env-a"]]

@@ -114,6 +114,19 @@ class Averaging:
             t.load_state_dict(states[t.name])
 
 
+class SingleTrack(Averaging):
+    """An average that is a track itself (`EMA`, `BEMA` standalone): its own only track, and
+    the primary one."""
+
+    @property
+    def tracks(self) -> list[Track]:
+        return [self]
+
+    @property
+    def primary(self) -> Track:
+        return self
+
+
 class Bank(Averaging):
     """Several tracks over one view of the model, updated in one pass (one cast, one foreach
     kernel per shadow)."""

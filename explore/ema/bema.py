@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explore.ema.averaging import Averaging
+from explore.ema.averaging import SingleTrack
 from explore.ema.names import BEMA_NAME
 from explore.ema.tensors import EMAStateError, LiveTensors, Track, copy_by_name
 
@@ -83,7 +83,7 @@ def _settings(ema_power, bias_power, lag, multiplier, burn_in, update_every) -> 
     return s
 
 
-class BEMA(Track, Averaging):
+class BEMA(Track, SingleTrack):
     """Bias-corrected EMA (module docstring). Standalone it is the run's average (its only
     track, like `EMA`); with `live=` it is one track of a bank (`EMABank(bema=...)`,
     `PostHocEMA(bema=...)`).
@@ -114,15 +114,6 @@ class BEMA(Track, Averaging):
         self.ema_power, self.bias_power = settings["ema_power"], settings["bias_power"]
         self.lag, self.multiplier = settings["lag"], settings["multiplier"]
         self.burn_in = settings["burn_in"]
-
-    # a standalone BEMA is its own (only) track
-    @property
-    def tracks(self) -> list[Track]:
-        return [self]
-
-    @property
-    def primary(self) -> Track:
-        return self
 
     @property
     def name(self) -> str:

@@ -51,7 +51,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from explore.ema.averaging import Averaging, Bank
+from explore.ema.averaging import Bank, SingleTrack
 from explore.ema.bema import bema_track
 from explore.ema.decay import (
     WARMUPS,
@@ -76,7 +76,7 @@ def _decay(decay: float | None, half_life_kimg: float | None, batch_size: int | 
     return decay_for_half_life(half_life_kimg, batch_size)
 
 
-class EMA(Track, Averaging):
+class EMA(Track, SingleTrack):
     """Exponential EMA of a model's floating state_dict entries (see the module docstring).
 
     decay: target decay; window 1/(1 - decay) optimizer steps.
@@ -106,15 +106,6 @@ class EMA(Track, Averaging):
         self.warmup = warmup
         self.inv_gamma, self.power = float(inv_gamma), float(power)
         self.bias_correction = bool(bias_correction)
-
-    # a single EMA is its own (only) track
-    @property
-    def tracks(self) -> list[Track]:
-        return [self]
-
-    @property
-    def primary(self) -> Track:
-        return self
 
     @property
     def name(self) -> str:
