@@ -182,9 +182,11 @@ def _git_head() -> str | None:
 
 def test_run_json_records_the_environment_and_keeps_it_across_resumes(tiny_cfg, tmp_path,
                                                                      monkeypatch, caplog):
-    run = train(tiny_cfg("trainer.epochs=1", "trainer.sample_every=0"), tmp_path / "run")
+    overrides = ["trainer.epochs=1", "trainer.sample_every=0"]
+    run = train(tiny_cfg(*overrides), tmp_path / "run", command=overrides)
     info = json.loads((run / "run.json").read_text())
     env = info["environment"]
+    assert env["overrides"] == overrides  # what a study job or SLURM worker was asked to do
     assert env["python"] == platform.python_version()
     assert env["torch"] == str(torch.__version__)
     assert env["git_commit"] == _git_head() and isinstance(env["git_dirty"], bool)

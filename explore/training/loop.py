@@ -72,6 +72,8 @@ def train(settings: TrainSettings, run_dir: str | Path, command: list[str] | Non
     training = build_training(s, device, total_steps=epochs * steps_per_epoch)
     state = restore(training, found, s) if found is not None else RunState()
     environment = describe_environment(device)  # what makes this start: run.json records it
+    # the Hydra overrides: under a study or SLURM, `command` is submitit's worker, not these
+    environment["overrides"] = list(command or [])
     budget = check_disk(plan_disk(training, s.checkpoint, run, state.epoch, epochs,
                                   steps_per_epoch), run)
     with lock, log_to(run.train_log):  # from here on the run folder is written
