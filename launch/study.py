@@ -81,6 +81,18 @@ def split_overrides(task_overrides: list[str]) -> tuple[list[str], list[str]]:
     return train, evaluate
 
 
+def _bema_override(bema) -> str:
+    """study.bema: true (BEMA's defaults) or its settings ({burn_in: 256, ...}), as the one
+    `ema.bema=` override of a job (a second one in study.train would clash in Hydra)."""
+    if bema is True:
+        return "ema.bema={}"
+    if isinstance(bema, DictConfig | dict):
+        items = OmegaConf.to_container(bema) if isinstance(bema, DictConfig) else bema
+        return "ema.bema={" + ",".join(f"{k}:{v}" for k, v in items.items()) + "}"
+    raise ConfigError(f"study.bema={bema!r}: give true, false or BEMA's settings, e.g. "
+                      "study.bema={burn_in:256} (conf/ema/bema.yaml lists them)")
+
+
 def build_runs(cfg: DictConfig, task_overrides: list[str]) -> tuple[Path, list[Run]]:
     """The study's runs; every job config is composed here first, so a bad value fails before
     anything starts."""
@@ -106,7 +118,7 @@ def build_runs(cfg: DictConfig, task_overrides: list[str]) -> tuple[Path, list[R
             else:
                 variants = [[f"ema.decay={d}"] for d in decays]
             if s.get("bema"):
-                variants = [[*v, "ema.bema={}"] for v in variants]
+                variants = [[*v, _bema_override(s.bema)] for v in variants]
             for ema_args in variants:
                 overrides = [f"model={model}", *user_train, *ema_args, f"seed={seed}",
                              *map(str, s.train)]
@@ -303,3 +315,4 @@ if __name__ == "__main__":
     from explore.cli import hydra_entry
 
     hydra_entry("launch_study", _run, logger="launch.study")()
+

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+from omegaconf import OmegaConf
 from tiny import TINY_EVAL, TINY_TRAIN
 
 from explore.core.config import compose
@@ -303,6 +304,21 @@ def test_study_grid_names_one_run_per_model_decay_and_seed(tmp_path):
     assert all("ema=multi" in r.train_overrides for r in runs)
     with pytest.raises(ConfigError, match="model/nope"):
         bad = common + ["study.models=[nope]"]
+        build_runs(compose("launch_study", bad), bad)
+
+
+def test_study_bema_true_or_its_settings_reach_the_job(tmp_path):
+    from launch.study import build_runs
+
+    common = ["experiment=smoke", "device=cpu", f"study.out={tmp_path}", "study.models=[baseline]"]
+    for value, expected in (("true", {}), ("{burn_in:256,lag:5.0}", {"burn_in": 256, "lag": 5.0})):
+        over = common + [f"study.bema={value}"]
+        (run,) = build_runs(compose("launch_study", over), over)[1]
+        job = compose("train", run.train_overrides)
+        assert "ema=multi" in run.train_overrides and run.name.endswith("+bema-seed0")
+        assert OmegaConf.to_container(job.ema.bema) == expected
+    with pytest.raises(ConfigError, match="study.bema"):
+        bad = common + ["study.bema=256"]
         build_runs(compose("launch_study", bad), bad)
 
 
