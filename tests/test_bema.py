@@ -149,7 +149,8 @@ def test_average_is_the_raw_weights_until_the_burn_in_ends():
             theta0 = {k: v.clone() for k, v in raw.items()}
     # s = 4 is t = 1: no update with update_every 2, the average is still the one of s = 3
     assert all(torch.equal(bema.shadow[k], v) for k, v in theta0.items())
-    assert bema.num_updates == 0 and bema.init_weight == 1.0 and bema.decay is None
+    assert bema.num_updates == 0 and bema.decay is None
+    assert bema.init_weight == 0.0  # theta0 = the weights of step 3, not the initialisation
 
 
 def test_large_bias_power_is_the_ema_mu():
@@ -313,15 +314,15 @@ def test_low_precision_model_keeps_float32_buffers():
 # -- diagnostics ---------------------------------------------------------------------------------
 def test_diagnostics_and_track_info():
     model = Net()
-    bema = BEMA(model, ema_power=0.5, bias_power=0.2, lag=10.0, burn_in=2, update_every=2)
-    assert (bema.kind, bema.name, bema.start_step, bema.window_steps) == ("bema", "bema", 2, 0.0)
+    bema = BEMA(model, ema_power=0.5, bias_power=0.2, lag=10.0, update_every=2)
+    assert (bema.kind, bema.name, bema.start_step, bema.window_steps) == ("bema", "bema", 0, 0.0)
     assert bema.share_post_init == 0.0 and bema.decay is None
     planned = bema.planned_share(13)
     for _ in walk(model, 13):
         bema.update()
-    betas = [(10.0 + t) ** -0.5 for t in (2, 4, 6, 8, 10)]
+    betas = [(10.0 + t) ** -0.5 for t in (2, 4, 6, 8, 10, 12)]
     keep = math.prod(1 - b for b in betas)
-    assert bema.init_weight == pytest.approx(keep - 20.0 ** -0.2)
+    assert bema.init_weight == pytest.approx(keep - 22.0 ** -0.2)
     assert bema.init_weight < 0  # the bias term takes more of theta0 than mu keeps
     assert planned == pytest.approx(bema.share_post_init) == pytest.approx(1 - bema.init_weight)
     assert bema.decay == pytest.approx(1 - betas[-1])
@@ -329,11 +330,28 @@ def test_diagnostics_and_track_info():
     assert bema.delta_stats()["share"] == bema.share_post_init
     info = track_info(bema.state_dict())
     assert (info.kind, info.name, info.decay, info.sigma_rel) == ("bema", "bema", None, None)
-    assert info.updates == 10 and info.step == 13
+    assert info.updates == 12 and info.step == 13  # optimizer steps covered: 6 updates x 2
     assert info.init_weight == pytest.approx(bema.init_weight)
     assert info.window_steps == pytest.approx(bema.window_steps)
-    assert info.rule["burn_in"] == 2 and info.length(13) is None
+    assert info.rule["burn_in"] == 0 and info.length(13) is None
     assert BEMA(model, ema_power=0.0).planned_share(5) == pytest.approx(1 + 15.0 ** -0.2)
+
+
+def test_with_a_burn_in_nothing_of_the_initialisation_is_left():
+    """The average is raw during the burn-in, and theta0 = mu = weights trained for burn_in
+    steps after it: no "mostly its initial weights" warning, before or after it ends."""
+    model = Net()
+    bema = BEMA(model, burn_in=4, update_every=2)
+    assert bema.start_step == 4 and bema.planned_share(3) == bema.planned_share(100) == 1.0
+    for steps in (2, 9):  # inside the burn-in, then after it
+        for _ in walk(model, steps):
+            bema.update()
+        assert bema.init_weight == 0.0 and bema.share_post_init == 1.0
+        info = track_info(bema.state_dict())
+        assert info.init_weight == 0.0 and info.rule["burn_in"] == 4
+    # a state saved before this rule (init_weight from the formula) is read the same way
+    old = {**bema.state_dict(), "init_weight": 0.9}
+    assert track_info(old).init_weight == 0.0
 
 
 @pytest.mark.parametrize("bad, match", [

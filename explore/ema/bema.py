@@ -195,8 +195,12 @@ class BEMA(Track, SingleTrack):
     # -- what the average means --------------------------------------------------------------------
     @property
     def init_weight(self) -> float:
-        """prod_k (1 - beta_k) - alpha_last: mu's weight on theta0 minus the bias term's (1
-        until the first update; may be negative)."""
+        """The weight on the initialisation. Without a burn-in theta0 is the initialisation:
+        prod_k (1 - beta_k) - alpha_last, mu's weight on theta0 minus the bias term's (1 until
+        the first update; may be negative). With a burn-in, 0: the average is the raw weights
+        until it ends, and theta0 and mu start from weights trained for burn_in steps."""
+        if self.burn_in > 0:
+            return 0.0
         return self.decay_product - self.last_alpha
 
     @property
@@ -206,7 +210,10 @@ class BEMA(Track, SingleTrack):
         return self.update_every / self.last_beta if self.last_beta else 0.0
 
     def planned_share(self, total_steps: int) -> float:
-        """share_post_init after `total_steps` optimizer steps: 1 - (prod (1 - beta) - alpha)."""
+        """share_post_init after `total_steps` optimizer steps: 1 - (prod (1 - beta) - alpha);
+        1 with a burn-in (see `init_weight`)."""
+        if self.burn_in > 0:
+            return 1.0
         n = max(0, int(total_steps) - self.burn_in) // self.update_every
         if n == 0:
             return 0.0

@@ -98,6 +98,8 @@ def track_info(state: dict, checkpoint_state: dict | None = None,
                          sigma_rel, gamma)
     if state.get("kind") == "bema":
         rule = {k: state[k] for k in _BEMA_RULE if state.get(k) is not None}
+        if rule.get("burn_in", 0) > 0:  # nothing of the initialisation (BEMA.init_weight); a
+            init_weight = 0.0           # state saved before that rule said otherwise
         return TrackInfo("bema", state.get("name"), state["shadow"], step, updates, False, None,
                          None if init_weight is None else float(init_weight),
                          float(state.get("window_steps", 0.0)), rule=rule)
