@@ -98,7 +98,10 @@ def lag_table(summary: pd.DataFrame, early=EARLY) -> pd.DataFrame | None:
 
 
 def _epochs_text(epochs: list[int]) -> str:
-    return ", ".join(map(str, epochs)) if epochs else "none"
+    """'epoch 3', 'epochs 1, 2' or 'no epoch'."""
+    if not epochs:
+        return "no epoch"
+    return ("epoch " if len(epochs) == 1 else "epochs ") + ", ".join(map(str, epochs))
 
 
 def _compare(rows: list[LagRow], attr: str) -> tuple[list[int], list[int], list[int]]:
@@ -127,7 +130,7 @@ def lag_verdicts(table: pd.DataFrame | None, early=EARLY) -> list[str]:
         if ema is not None:
             better, worse, even = _compare(first, "vs_ema")
             if first:
-                parts.append(f"early (epochs {_epochs_text([r.epoch for r in first])}) BEMA "
+                parts.append(f"early ({_epochs_text([r.epoch for r in first])}) BEMA "
                              f"beats {ema} at {len(better)} of {len(first)} epochs"
                              + (f", loses at {_epochs_text(worse)}" if worse else ""))
             end = final.vs_ema
@@ -137,10 +140,10 @@ def lag_verdicts(table: pd.DataFrame | None, early=EARLY) -> list[str]:
             parts.append(f"at the final epoch ({final.epoch}) it {verdict} {ema} "
                          f"(BEMA - EMA {fmt_gain(end)})")
         better, worse, _ = _compare(rows, "vs_raw")
-        parts.append("against raw it loses at epochs " + _epochs_text(worse)
+        parts.append("against raw it loses at " + _epochs_text(worse)
                      + (f" and wins at {_epochs_text(better)}" if better else "")
                      if worse else "it never loses significantly against raw"
-                     + (f" (wins at epochs {_epochs_text(better)})" if better else ""))
+                     + (f" (wins at {_epochs_text(better)})" if better else ""))
         out.append(f"**{series}, BEMA:** " + "; ".join(parts) + ".")
     return out
 
