@@ -64,10 +64,9 @@ def _made_by(study: Study, study_dir, runs, missing: list[str], warnings: list[s
     source = ", ".join(str(p) for p in ([study_dir] if study_dir else []) + list(runs or []))
     evaluated = int((study.runs["eval_rows"] > 0).sum())
     return (f"Made by `python -m analysis.report` from {_count(len(study.runs), 'run')} "
-            f"in {source} "
-            f"({evaluated} evaluated). At the end: how every number was made, the runs, "
-            f"the environments, "
-            f"{_count(len(missing), 'missing piece')} and {_count(len(warnings), 'warning')}.")
+            f"in {source} ({evaluated} evaluated). At the end: how every number was made, the "
+            f"runs, the environments, {_count(len(missing), 'missing piece')} and "
+            f"{_count(len(warnings), 'warning')}.")
 
 
 def _count(n: int, noun: str) -> str:

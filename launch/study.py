@@ -315,4 +315,3 @@ if __name__ == "__main__":
     from explore.cli import hydra_entry
 
     hydra_entry("launch_study", _run, logger="launch.study")()
-

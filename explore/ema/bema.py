@@ -214,7 +214,7 @@ class BEMA(Track, SingleTrack):
         1 with a burn-in (see `init_weight`)."""
         if self.burn_in > 0:
             return 1.0
-        n = max(0, int(total_steps) - self.burn_in) // self.update_every
+        n = max(0, int(total_steps)) // self.update_every  # no burn-in here: it starts at 0
         if n == 0:
             return 0.0
         base = self.lag + self.multiplier * self.update_every * np.arange(1, n + 1, dtype=float)

@@ -98,8 +98,10 @@ def track_info(state: dict, checkpoint_state: dict | None = None,
                          sigma_rel, gamma)
     if state.get("kind") == "bema":
         rule = {k: state[k] for k in _BEMA_RULE if state.get(k) is not None}
-        if rule.get("burn_in", 0) > 0:  # nothing of the initialisation (BEMA.init_weight); a
-            init_weight = 0.0           # state saved before that rule said otherwise
+        # with a burn-in nothing of the initialisation is left (BEMA.init_weight); states saved
+        # before that rule stored the formula's value instead
+        if rule.get("burn_in", 0) > 0:
+            init_weight = 0.0
         return TrackInfo("bema", state.get("name"), state["shadow"], step, updates, False, None,
                          None if init_weight is None else float(init_weight),
                          float(state.get("window_steps", 0.0)), rule=rule)
