@@ -1,17 +1,45 @@
-"""Shared fixtures: configs composed from conf/ and shrunk so a run takes seconds on a CPU."""
+"""Shared fixtures, the run cache, and the rule that sorts tests into the two tiers.
+
+Tiers (./scripts/test runs both; ./scripts/test --fast the first):
+- fast: every test that does not train, start a study, a subprocess, SLURM or a browser, plus
+  the one tiny train + evaluate marked `fast_e2e`;
+- slow: the rest. `slow` is given here by rule (`is_slow`), read from the test's source, its
+  fixtures' and the test helpers they call, never by hand; and while a test that is not slow
+  runs, training or starting a process fails it (`guard`), so a test the rule misread cannot
+  slow the fast tier down unnoticed.
+"""
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import inspect
+import multiprocessing
+import multiprocessing.process
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
+from runs import RunCache, changes, fingerprint
 from tiny import TINY_EVAL, TINY_TRAIN
 
 from explore.core.config import compose
+from explore.train import train as train_entry
+from explore.training import loop as training_loop
+from launch import pool as launch_pool
+from launch import study as launch_study
+
+TESTS = Path(__file__).resolve().parent
 
 
+# -- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(autouse=True)
 def _one_thread():
-    # the CI machine has 2 cores; bitwise comparisons also want a fixed thread count
+    # one thread per test: bitwise comparisons want a fixed thread count, and ./scripts/test
+    # runs one pytest-xdist worker per core
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -36,11 +64,42 @@ def eval_cfg(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def run_cache(tmp_path_factory) -> RunCache:
+    # pytest-xdist workers share their session's parent folder, so each run is trained once
+    base = tmp_path_factory.getbasetemp()
+    return RunCache((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "runs")
+
+
+@pytest.fixture
+def trained_run(run_cache):
+    """trained_run(*overrides): the finished run of TINY_TRAIN + overrides, shared by every
+    test: read it, never write into it (checked when the test ends)."""
+    handed = {}
+
+    def get(*overrides: str) -> Path:
+        path = run_cache.get(*overrides)
+        handed.setdefault(path, fingerprint(path))
+        return path
+
+    yield get
+    for path, before in handed.items():
+        changed = changes(before, fingerprint(path))
+        assert not changed, (f"this test wrote into the shared run {path.name}: "
+                             f"{', '.join(changed)}; take a run_copy to write in")
+
+
+@pytest.fixture
+def run_copy(run_cache, tmp_path):
+    """run_copy(*overrides, name='run'): a copy of the cached run in tmp_path, to write in."""
+    def make(*overrides: str, name: str = "run") -> Path:
+        return run_cache.copy(tmp_path / name, *overrides)
+    return make
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A running one-node SLURM cluster (partition `debug`); SLURM_CONF points at it while the
     tests use it. Skipped where SLURM is not installed (.ci/run installs it)."""
-    import os
-
     from slurm_cluster import Cluster, missing
 
     why = missing()
@@ -56,3 +115,183 @@ def slurm_cluster(tmp_path_factory):
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+
+
+# -- the rule: which tests are slow -------------------------------------------------------------
+# what a test may call, itself or through a test helper or fixture, to be slow
+SLOW_CALLS = {train_entry, training_loop.train, launch_study.run_study, launch_pool.DeviceQueue,
+              subprocess.run, subprocess.Popen, subprocess.call, subprocess.check_call,
+              subprocess.check_output, multiprocessing.get_context, multiprocessing.Process}
+# fixtures that hand out trained runs or a cluster
+SLOW_FIXTURES = {"run_cache", "trained_run", "run_copy", "slurm_cluster"}
+_verdicts: dict[object, bool] = {}
+
+
+def _resolve(node: ast.expr, names: dict):
+    """The object a called expression (`name` or `a.b.c`) names in `names`, or None."""
+    if isinstance(node, ast.Name):
+        return names.get(node.id)
+    if isinstance(node, ast.Attribute):
+        base = _resolve(node.value, names)
+        return getattr(base, node.attr, None) if base is not None else None
+    return None
+
+
+def calls_slow(fn) -> bool:
+    """Whether `fn` (a test, fixture or test helper) calls one of SLOW_CALLS, directly or
+    through a function defined in tests/."""
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return False
+    if code not in _verdicts:
+        _verdicts[code] = False  # (a recursion ends here)
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        except (OSError, TypeError, SyntaxError):
+            return False
+        names = {**fn.__globals__, **_local_imports(tree)}
+        found = False
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            target = _resolve(node.func, names)
+            if target is None:
+                continue
+            try:
+                if target in SLOW_CALLS:
+                    found = True
+                    break
+            except TypeError:  # unhashable
+                continue
+            if _defined_in_tests(target) and calls_slow(target):
+                found = True
+                break
+        _verdicts[code] = found
+    return _verdicts[code]
+
+
+def _local_imports(tree: ast.AST) -> dict:
+    """{name: object} of the imports inside a function (`from explore.train import train`)."""
+    import importlib
+
+    found = {}
+    for node in ast.walk(tree):
+        with contextlib.suppress(Exception):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                module = importlib.import_module(node.module)
+                for a in node.names:
+                    found[a.asname or a.name] = getattr(module, a.name, None)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    top = importlib.import_module(a.name if a.asname else a.name.split(".")[0])
+                    found[a.asname or a.name.split(".")[0]] = (
+                        importlib.import_module(a.name) if a.asname else top)
+    return found
+
+
+def _defined_in_tests(obj) -> bool:
+    try:
+        path = inspect.getsourcefile(obj)
+    except TypeError:
+        return False
+    return bool(path) and Path(path).resolve().parent == TESTS
+
+
+def is_slow(item: pytest.Item) -> bool:
+    """The rule: a test is slow when it, a fixture it uses or a test helper either calls, trains,
+    starts a study, a subprocess (SLURM and the browser are started as subprocesses), or when it
+    uses a trained run or the SLURM cluster."""
+    if item.get_closest_marker("fast_e2e"):
+        return False
+    if SLOW_FIXTURES & set(item.fixturenames):
+        return True
+    infos = getattr(item, "_fixtureinfo", None)
+    for name in item.fixturenames:
+        for fixturedef in (infos.name2fixturedefs.get(name, ()) if infos else ()):
+            if _defined_in_tests(fixturedef.func) and calls_slow(fixturedef.func):
+                return True
+    return calls_slow(item.function) if hasattr(item, "function") else False
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    infos = getattr(item, "_fixtureinfo", None)
+    return any(d.scope in ("module", "class") and Path(inspect.getsourcefile(d.func)).resolve()
+               == Path(item.path).resolve()
+               for name in item.fixturenames
+               for d in (infos.name2fixturedefs.get(name, ()) if infos else ()))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): tests that share one pytest-xdist "
+                                       "worker (one SLURM cluster)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if is_slow(item):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))  # one cluster, one worker
+        elif _uses_module_fixture(item):  # made once, not once per worker
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # the longest first, so the two workers finish together: SLURM, then the other slow tests
+    items.sort(key=lambda i: (not i.get_closest_marker("slurm"), not i.get_closest_marker("slow")))
+
+
+# -- the guard: a test that is not slow neither trains nor starts a process ---------------------
+class SlowTestNotMarked(AssertionError):
+    pass
+
+
+# cheap system tools a fast test may start (git: the environment record of a run)
+_CHEAP = {"git", "nvidia-smi", "uname", "ps", "pgrep"}
+
+
+@contextlib.contextmanager
+def guard(item: pytest.Item):
+    if item.get_closest_marker("slow") or item.get_closest_marker("fast_e2e"):
+        yield
+        return
+
+    def refuse(what: str):
+        raise SlowTestNotMarked(
+            f"{item.nodeid} {what} but is in the fast tier: conftest.is_slow did not see it "
+            f"(call the training, study or process from the test, a fixture or a helper in "
+            f"tests/, or add what starts it to SLOW_CALLS)")
+
+    real_train, real_popen, real_start = (training_loop.train, subprocess.Popen.__init__,
+                                          multiprocessing.process.BaseProcess.start)
+
+    def train(*a, **kw):
+        refuse("trains a model")
+
+    def popen(self, args, *a, **kw):
+        argv0 = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+        if Path(os.fsdecode(argv0).split()[0]).name not in _CHEAP:
+            refuse(f"starts a process ({os.fsdecode(argv0)})")
+        return real_popen(self, args, *a, **kw)
+
+    def start(self):
+        refuse("starts a process (multiprocessing)")
+
+    training_loop.train, subprocess.Popen.__init__ = train, popen
+    multiprocessing.process.BaseProcess.start = start
+    try:
+        yield
+    finally:
+        training_loop.train, subprocess.Popen.__init__ = real_train, real_popen
+        multiprocessing.process.BaseProcess.start = real_start
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with guard(item):
+        return (yield)

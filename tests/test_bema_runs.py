@@ -19,9 +19,9 @@ from explore.train import train
 pytestmark = pytest.mark.filterwarnings("ignore:eval.num_images")
 
 
-def test_bema_alone_trains_and_is_evaluated_beside_raw(tiny_cfg, eval_cfg, tmp_path):
-    run = train(tiny_cfg("model=baseline", "ema=bema", "ema.burn_in=2", "ema.update_every=2",
-                         "data.num_images=32"), tmp_path / "run")
+def test_bema_alone_trains_and_is_evaluated_beside_raw(run_copy, eval_cfg):
+    run = run_copy("model=baseline", "ema=bema", "ema.burn_in=2", "ema.update_every=2",
+                   "data.num_images=32")
     info = json.loads((run / "run.json").read_text())
     assert info["bema"] == {"ema_power": 0.5, "bias_power": 0.2, "lag": 10.0,
                             "multiplier": 1.0, "burn_in": 2, "update_every": 2}
@@ -41,10 +41,9 @@ def test_bema_alone_trains_and_is_evaluated_beside_raw(tiny_cfg, eval_cfg, tmp_p
     assert float(made["bema"]["lag_epochs"]) > 0
 
 
-def test_bema_beside_ema_and_power_emas_in_one_bank(tiny_cfg, eval_cfg, tmp_path):
-    run = train(tiny_cfg("model=baseline", "ema=posthoc", "ema.sigma_rels=[0.1]",
-                         "ema.decays=[0.9]", "ema.bema={}", "data.num_images=32"),
-                tmp_path / "run")
+def test_bema_beside_ema_and_power_emas_in_one_bank(run_copy, eval_cfg):
+    run = run_copy("model=baseline", "ema=posthoc", "ema.sigma_rels=[0.1]", "ema.decays=[0.9]",
+                   "ema.bema={}", "data.num_images=32")
     assert json.loads((run / "run.json").read_text())["bema"]["lag"] == 10.0
     out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.epochs=[2]"))
     assert sorted(r["weights"] for r in rows(out)) == ["bema", "ema", "phema@0.1", "raw"]
@@ -53,12 +52,12 @@ def test_bema_beside_ema_and_power_emas_in_one_bank(tiny_cfg, eval_cfg, tmp_path
     assert snaps and "bema" not in torch.load(snaps[-1], weights_only=True)["emas"]
 
 
-def test_a_run_with_bema_resumes_bit_for_bit(tiny_cfg, tmp_path):
+def test_a_run_with_bema_resumes_bit_for_bit(tiny_cfg, trained_run, run_copy):
     cfg = ("model=baseline", "ema=multi", "ema.decays=[0.9]", "ema.bema={burn_in: 1}",
-           "data.num_images=32", "trainer.sample_every=0")
-    straight = train(tiny_cfg(*cfg, "trainer.epochs=3"), tmp_path / "a")
-    train(tiny_cfg(*cfg, "trainer.epochs=1"), tmp_path / "b")
-    resumed = train(tiny_cfg(*cfg, "trainer.epochs=3", "resume=true"), tmp_path / "b")
+           "data.num_images=32")
+    straight = trained_run(*cfg, "trainer.epochs=3")
+    half = run_copy(*cfg, "trainer.epochs=1")
+    resumed = train(tiny_cfg(*cfg, "trainer.epochs=3", "resume=true"), half)
     a = torch.load(straight / "checkpoints" / "epoch_0003.pt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "epoch_0003.pt", weights_only=True)
     for key in ("shadow", "mu", "theta0"):

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from tiny import TINY_TRAIN, rows
+from tiny import rows
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -179,8 +179,8 @@ def test_bank_resumes_from_entries_and_refuses_missing_tracks():
 BANK = ["ema=multi", "ema.decays=[0.9,0.5]"]
 
 
-def test_train_bank_run_folder(tiny_cfg, tmp_path):
-    run = train(tiny_cfg(*BANK), tmp_path / "run")
+def test_train_bank_run_folder(trained_run):
+    run = trained_run(*BANK)
     meta = json.loads((run / "run.json").read_text())
     assert meta["ema_decay"] == 0.9 and meta["ema_decays"] == [0.9, 0.5]
     last = rows(run / "metrics.csv")[-1]
@@ -197,10 +197,10 @@ def test_train_bank_run_folder(tiny_cfg, tmp_path):
     assert sets["ema"].lag_epochs(4) == pytest.approx(10 / 4)
 
 
-def test_bank_resume_is_bitwise_identical(tiny_cfg, tmp_path):
+def test_bank_resume_is_bitwise_identical(tiny_cfg, trained_run, run_copy):
     opts = [*BANK, "ema.warmup=cap", "ema.bias_correction=true", "ema.update_every=3"]
-    straight = train(tiny_cfg(*opts), tmp_path / "a")
-    half = train(tiny_cfg(*opts, "trainer.epochs=1"), tmp_path / "b")
+    straight = trained_run(*opts)
+    half = run_copy(*opts, "trainer.epochs=1")
     resumed = train(tiny_cfg(*opts, "resume=true"), half)
     a = load_checkpoint(straight / "checkpoints" / "epoch_0002.pt")
     b = load_checkpoint(resumed / "checkpoints" / "epoch_0002.pt")
@@ -214,9 +214,8 @@ def test_bank_resume_is_bitwise_identical(tiny_cfg, tmp_path):
 
 
 # -- 4: evaluation scores every decay, each with its share, flag and lag -------------------------
-def test_evaluate_scores_every_decay_with_guard(tmp_path, caplog):
-    run = train(compose("train", [*TINY_TRAIN, "model=baseline", "data.num_images=32", *BANK]),
-                tmp_path / "bank")
+def test_evaluate_scores_every_decay_with_guard(run_copy, tmp_path, caplog):
+    run = run_copy("model=baseline", "data.num_images=32", *BANK, name="bank")
     cfg = compose("evaluate", [f"run_dir={run}", "device=cpu", "progress=false",
                                "eval.num_images=16", "eval.num_steps=2", "eval.batch_size=16",
                                "eval.fid.extractor=randconv-256", "eval.grid=false",

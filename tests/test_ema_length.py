@@ -138,13 +138,12 @@ def test_run_json_and_the_log_state_decay_and_half_life(tiny_cfg, tmp_path, capl
     assert f"decay {d:.10g} per step = half-life 0.1 kimg (6 steps of 16 images" in caplog.text
 
 
-def test_every_fid_row_has_its_length(tiny_cfg, tmp_path, eval_cfg):
+def test_every_fid_row_has_its_length(run_copy, eval_cfg):
     import csv
 
     from explore import evaluate as ev
-    from explore.train import train
 
-    run = train(tiny_cfg("model=baseline", "ema=multi", "ema.decays=[0.9,0.5]"), tmp_path / "r")
+    run = run_copy("model=baseline", "ema=multi", "ema.decays=[0.9,0.5]")
     out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.epochs=[2]"))
     with open(out) as f:
         rows = {r["weights"]: r for r in csv.DictReader(f)}
@@ -225,15 +224,14 @@ def test_memorization_rate_is_one_for_copies_and_zero_for_fresh_samples():
     assert grid.dtype == torch.uint8 and grid.shape[0] == 3
 
 
-def test_memorization_is_a_metric_of_evaluation(tiny_cfg, tmp_path, eval_cfg):
+def test_memorization_is_a_metric_of_evaluation(run_copy, eval_cfg):
     """eval.metrics=[...,memorization]: a column per row (feature space, and pixels when asked),
     the closest pairs as a grid (the rate itself: the test above)."""
     import csv
 
     from explore import evaluate as ev
-    from explore.train import train
 
-    run = train(tiny_cfg("model=baseline", "trainer.epochs=1"), tmp_path / "r")
+    run = run_copy("model=baseline", "trainer.epochs=1")
     out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.metrics=[fid,memorization]",
                                "eval.memorization_pixels=true", "eval.weights=[raw]"))
     with open(out) as f:

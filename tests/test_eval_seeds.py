@@ -9,7 +9,7 @@ import csv
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tiny import TINY_TRAIN, rows
+from tiny import rows
 
 from explore import evaluate as ev
 from explore.core.config import compose, to_plain
@@ -19,7 +19,6 @@ from explore.evaluation.settings import EvalSettings, sample_seeds
 from explore.nets.data import subset
 from explore.run.folder import RunFolder
 from explore.run.results import ResultsFile, parse_replicates
-from explore.train import train
 
 # the tiny evaluations score fewer images than FID needs to be meaningful, on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:eval.num_images")
@@ -37,22 +36,21 @@ def _ema_is_raw(run) -> None:
 
 
 @pytest.fixture(scope="module")
-def twins(tmp_path_factory):
+def twins(run_cache, tmp_path_factory):
     """A Baseline and a LIFT run (one epoch each) whose EMA equals their raw weights."""
     root = tmp_path_factory.mktemp("twins")
     runs = {}
     for model in ("baseline", "lift"):
-        runs[model] = train(compose("train", TINY_TRAIN + [
-            f"model={model}", "ema.decay=0.9", "data.num_images=32", "trainer.epochs=1"]),
-            root / model)
+        runs[model] = run_cache.copy(root / model, f"model={model}", "ema.decay=0.9",
+                                     "data.num_images=32", "trainer.epochs=1")
         _ema_is_raw(runs[model])
     return runs
 
 
-@pytest.fixture(scope="module")
-def lift_run(tmp_path_factory):
-    return train(compose("train", TINY_TRAIN + ["model=lift", "ema.decay=0.9"]),
-                 tmp_path_factory.mktemp("runs") / "lift")
+@pytest.fixture
+def lift_run(run_copy):
+    """The tiny LIFT run (EMA 0.9, 2 epochs), the test's own copy to evaluate into."""
+    return run_copy("model=lift", "ema.decay=0.9", name="lift")
 
 
 def _record(monkeypatch) -> list[dict]:

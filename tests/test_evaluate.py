@@ -5,22 +5,21 @@ import torch
 from tiny import TINY_TRAIN, rows
 
 from explore import evaluate as ev
-from explore.core.config import compose
+from explore.core.config import build, compose
 from explore.core.errors import ConfigError
 from explore.evaluation import loop as evloop
 from explore.evaluation.weights import WeightsError
 from explore.nets.models import LiftUNet
-from explore.train import train
+from explore.training.step import seed_everything
 
 # the tiny evaluations score fewer images than FID needs to be meaningful, on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:eval.num_images")
 
 
-@pytest.fixture(scope="module")
-def lift_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "lift"
-    cfg = compose("train", TINY_TRAIN + ["model=lift", "ema.decay=0.9"])
-    return train(cfg, run)
+@pytest.fixture
+def lift_run(run_copy):
+    """The tiny LIFT run (EMA 0.9, 2 epochs), the test's own copy to evaluate into."""
+    return run_copy("model=lift", "ema.decay=0.9", name="lift")
 
 
 def test_lift_run_rows_grids_heatmaps(lift_run, eval_cfg):
@@ -67,7 +66,8 @@ def test_skip_force_and_resume(lift_run, eval_cfg, monkeypatch, tmp_path):
     done = [(r["weights"], r["path"]) for r in rows(run / "eval" / "fid.csv")
             if r["epoch"] == "2" and r["path"] in ("diagonal", "dp_64")]
     assert len(done) == 2  # the two finished rows survived
-    heatmap = run / "eval" / "heatmaps" / "epoch_0002_ema_study_g4_k1_n2_s42.npz"
+    # (the raw weight set's rows came first: its heatmap was made before the kill)
+    heatmap = run / "eval" / "heatmaps" / "epoch_0002_raw_study_g4_k1_n2_s42.npz"
     before = heatmap.stat().st_mtime_ns
     calls["n"] = -100
     ev.evaluate(cfg)  # resumes: only the missing rows
@@ -105,7 +105,7 @@ def test_original_study_checkpoint_evaluates_without_conversion(tmp_path, eval_c
     assert {(r["schedule"], r["final_step"]) for r in got} == {("study", "study")}
 
 
-def test_clear_errors(tmp_path, lift_run, eval_cfg):
+def test_clear_errors(tmp_path, lift_run, eval_cfg, run_copy):
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(ConfigError, match="no checkpoints"):
         ev.evaluate(eval_cfg(f"run_dir={tmp_path / 'empty_run'}"))
@@ -115,16 +115,13 @@ def test_clear_errors(tmp_path, lift_run, eval_cfg):
         ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.epochs=[7]"))
     with pytest.raises(ConfigError, match="LIFT paths"):
         ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.paths=[ddim]", "eval.epochs=[1]"))
-    noema = train(compose("train", TINY_TRAIN + ["ema=off", "data.num_images=32",
-                                                 "trainer.epochs=1"]), tmp_path / "noema")
+    noema = run_copy("ema=off", "data.num_images=32", "trainer.epochs=1", name="noema")
     with pytest.raises(WeightsError, match="without EMA"):
         ev.evaluate(eval_cfg(f"run_dir={noema}", "eval.weights=[ema]"))
 
 
-def test_baseline_uses_ddim_and_warns_on_small_counts(tmp_path, eval_cfg):
-    run = train(compose("train", TINY_TRAIN + ["model=baseline", "data.num_images=32",
-                                               "trainer.epochs=1", "ema.decay=0.9"]),
-                tmp_path / "base")
+def test_baseline_uses_ddim_and_warns_on_small_counts(run_copy, eval_cfg):
+    run = run_copy("model=baseline", "data.num_images=32", "trainer.epochs=1", "ema.decay=0.9")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = ev.evaluate(eval_cfg(f"run_dir={run}"))
@@ -148,10 +145,8 @@ def test_a_smoke_run_is_evaluated_with_its_presets_eval_settings(lift_run):
 
 
 def test_a_run_trained_before_the_schedule_was_recorded_keeps_the_unclipped_one(
-        tmp_path, eval_cfg, caplog):
-    run = train(compose("train", TINY_TRAIN + ["model=lift", "diffusion=cosine",
-                                               "data.num_images=32", "trainer.epochs=1"]),
-                tmp_path / "old")
+        run_copy, eval_cfg, caplog):
+    run = run_copy("model=lift", "diffusion=cosine", "data.num_images=32", "trainer.epochs=1")
     path = run / "checkpoints" / "epoch_0001.pt"
     state = torch.load(path, weights_only=False)
     del state["config"]["diffusion"]  # what a checkpoint written before this change holds
@@ -180,11 +175,22 @@ def test_final_step_is_checked(lift_run, eval_cfg):
         ev.evaluate(eval_cfg(f"run_dir={lift_run}", "eval.final_step=last"))
 
 
-def test_each_weight_set_is_scored_with_its_own_weights(tmp_path, eval_cfg, monkeypatch):
-    """The model that generates the `ema` row holds the checkpoint's EMA shadow, the `raw` row's
-    its model_state; and the two FIDs differ (a trained smoke checkpoint, EMA 0.9)."""
-    run = train(compose("train", TINY_TRAIN + ["model=baseline", "ema.decay=0.9"]),
-                tmp_path / "base")
+@pytest.mark.fast_e2e
+def test_each_weight_set_is_scored_with_its_own_weights(run_copy, eval_cfg, monkeypatch):
+    """The fast tier's one train + evaluate, end to end: a tiny Baseline trained with EMA 0.9
+    (8 steps), whose EMA moved away from its initial weights and is not its raw weights, then
+    evaluated: the model that generates the `ema` row holds the checkpoint's EMA shadow, the
+    `raw` row's its model_state; and the two FIDs differ."""
+    run = run_copy("model=baseline", "ema.decay=0.9")
+    state = torch.load(run / "checkpoints" / "epoch_0002.pt", weights_only=True)
+    shadow, raw = state["ema_state"]["shadow"], state["model_state"]
+    differs = [k for k in shadow if not torch.equal(shadow[k], raw[k])]
+    assert differs  # the EMA is not the raw weights after 8 steps at decay 0.9
+    seed_everything(0)  # the initial weights, as training drew them
+    initial = build(compose("train", TINY_TRAIN + ["model=baseline"]).model).state_dict()
+    assert state["ema_state"]["num_updates"] == 8
+    moved = [k for k in shadow if not torch.equal(shadow[k], initial[k].float())]
+    assert sorted(moved) == sorted(shadow)  # every tensor averaged in the trained weights
     seen = []
     real_generate = evloop.generate
 
@@ -197,10 +203,6 @@ def test_each_weight_set_is_scored_with_its_own_weights(tmp_path, eval_cfg, monk
     got = rows(out)
     assert [r["weights"] for r in got] == ["ema", "raw"]  # fid.csv is sorted; generation order:
     by_name = dict(zip(["raw", "ema"], seen))              # raw first, then the averages
-    state = torch.load(run / "checkpoints" / "epoch_0002.pt", weights_only=True)
-    shadow, raw = state["ema_state"]["shadow"], state["model_state"]
-    differs = [k for k in shadow if not torch.equal(shadow[k], raw[k])]
-    assert differs  # the EMA is not the raw weights after 8 steps at decay 0.9
     for k in shadow:
         assert torch.equal(by_name["ema"][k], shadow[k]), k
         assert torch.equal(by_name["raw"][k], raw[k]), k

@@ -119,9 +119,8 @@ def _as_before(tree):
 
 
 @pytest.mark.filterwarnings("ignore:eval.num_images")
-def test_a_run_folder_saved_before_the_move_evaluates_and_resumes(tiny_cfg, eval_cfg, tmp_path):
-    run = train(tiny_cfg("model=baseline", "trainer.epochs=1", "data.num_images=32",
-                         "trainer.sample_every=0"), tmp_path / "run")
+def test_a_run_folder_saved_before_the_move_evaluates_and_resumes(tiny_cfg, eval_cfg, run_copy):
+    run = run_copy("model=baseline", "trainer.epochs=1", "data.num_images=32")
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["_target_"] == "explore.nets.models.BaselineUNet"
     (run / "config.yaml").write_text(yaml.safe_dump(_as_before(config)))
@@ -133,7 +132,7 @@ def test_a_run_folder_saved_before_the_move_evaluates_and_resumes(tiny_cfg, eval
     assert saved["model"]["_target_"] == "explore.models.BaselineUNet"
     out = ev.evaluate(eval_cfg(f"run_dir={run}", "eval.weights=[raw]"))
     assert [r["weights"] for r in rows(out)] == ["raw"]
-    train(tiny_cfg("model=baseline", "trainer.epochs=2", "data.num_images=32",
-                   "trainer.sample_every=0", "resume=true"), run)  # the same experiment
+    train(tiny_cfg("model=baseline", "trainer.epochs=2", "data.num_images=32", "resume=true"),
+          run)  # the same experiment
     events = json.loads((run / "run.json").read_text())["history"]
     assert [e["event"] for e in events] == ["start", "resume"]

@@ -49,7 +49,8 @@ def test_tensorboard_shows_training_and_evaluation(tiny_cfg, eval_cfg, tmp_path)
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = train(tiny_cfg("model=lift", "ema.decay=0.9", "logger=tensorboard"), tmp_path / "run")
+    run = train(tiny_cfg("model=lift", "ema.decay=0.9", "logger=tensorboard",
+                         "trainer.sample_every=1"), tmp_path / "run")
     evaluate(eval_cfg(f"run_dir={run}", "eval.paths=[diagonal]"))
     acc = EventAccumulator(str(RunFolder(run).tensorboard_dir),
                            size_guidance={"scalars": 0, "images": 0, "tensors": 0})
@@ -82,7 +83,7 @@ def test_mlflow_runs_are_listed_with_their_metrics_and_resume_the_same_run(tiny_
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)  # the default store: sqlite:///outputs/mlflow.db, from here
-    overrides = ["model=baseline", "ema.decay=0.9", "logger=mlflow"]
+    overrides = ["model=baseline", "ema.decay=0.9", "logger=mlflow", "trainer.sample_every=1"]
     run = train(tiny_cfg(*overrides), tmp_path / "outputs" / "demo" / "run")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # evaluation finds the run's store all the same
@@ -176,7 +177,8 @@ class BrokenLogger(Logger):
 def test_a_failing_logger_is_reported_once_and_switched_off(tiny_cfg, tmp_path, caplog,
                                                             fail_in):
     BrokenLogger.calls = []
-    run = train(tiny_cfg("trainer.epochs=3", "+logger.broken._target_=test_loggers.BrokenLogger",
+    run = train(tiny_cfg("trainer.epochs=3", "trainer.sample_every=1",
+                         "+logger.broken._target_=test_loggers.BrokenLogger",
                          f"+logger.broken.fail_in={fail_in}"), tmp_path / "run")
     assert RunFolder(run).checkpoint(3).is_file()  # training finished
     warned = [r for r in caplog.records if r.name == "explore.loggers" and r.levelname ==
@@ -219,7 +221,8 @@ from tiny import TINY_TRAIN
 from explore.core.config import compose
 from explore.train import train
 import explore.evaluate, launch.study  # noqa: F401
-run = train(compose("train", TINY_TRAIN + ["trainer.epochs=1"]), sys.argv[1])
+run = train(compose("train", TINY_TRAIN + ["trainer.epochs=1", "trainer.sample_every=1"]),
+            sys.argv[1])
 assert (run / "samples" / "epoch_0001.png").is_file()
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorboard", "mlflow", "wandb")))
 """

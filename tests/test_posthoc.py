@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tiny import TINY_TRAIN, rows
+from tiny import rows
 from torch import nn
 
 from explore import evaluate as ev
@@ -140,7 +140,7 @@ def test_reconstruction_of_a_tracked_profile_matches_it(tmp_path):
 PHEMA = ["ema=posthoc", "ema.sigma_rels=[0.05,0.1]", "ema.snapshot_every=2"]
 
 
-def test_snapshots_are_written_by_the_training_loop_not_by_update(tiny_cfg, tmp_path,
+def test_snapshots_are_written_by_the_training_loop_not_by_update(trained_run, tmp_path,
                                                                    monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = nn.Linear(3, 2)
@@ -166,7 +166,7 @@ def test_snapshots_are_written_by_the_training_loop_not_by_update(tiny_cfg, tmp_
         assert not other.snapshot_due()
 
     # the training loop writes them: snapshot_every=auto, 8 steps -> every step, 1..8
-    run = train(tiny_cfg("ema=posthoc", "ema.sigma_rels=[0.05,0.1]"), tmp_path / "run")
+    run = trained_run("ema=posthoc", "ema.sigma_rels=[0.05,0.1]")
     names = sorted(p.name for p in RunFolder(run).phema_dir.iterdir())
     assert names == [RunFolder(run).snapshot(s).name for s in range(1, 9)]
     for epoch, step in ((1, 4), (2, 8)):  # the same states as the checkpoints at those steps
@@ -181,9 +181,9 @@ def test_snapshots_are_written_by_the_training_loop_not_by_update(tiny_cfg, tmp_
                 assert torch.equal(snap["emas"][name]["shadow"][k], v), (name, k)
 
 
-def test_posthoc_resume_is_bitwise_identical(tiny_cfg, tmp_path):
-    straight = train(tiny_cfg(*PHEMA), tmp_path / "a")
-    half = train(tiny_cfg(*PHEMA, "trainer.epochs=1"), tmp_path / "b")
+def test_posthoc_resume_is_bitwise_identical(tiny_cfg, trained_run, run_copy):
+    straight = trained_run(*PHEMA)
+    half = run_copy(*PHEMA, "trainer.epochs=1")
     resumed = train(tiny_cfg(*PHEMA, "resume=true"), half)
     a = load_checkpoint(straight / "checkpoints" / "epoch_0002.pt")
     b = load_checkpoint(resumed / "checkpoints" / "epoch_0002.pt")
@@ -197,10 +197,10 @@ def test_posthoc_resume_is_bitwise_identical(tiny_cfg, tmp_path):
     assert snaps == sorted(p.name for p in (resumed / "phema").glob("snapshot_*.pt"))
 
 
-@pytest.fixture(scope="module")
-def phema_run(tmp_path_factory):
-    cfg = compose("train", [*TINY_TRAIN, "model=baseline", *PHEMA])
-    return train(cfg, tmp_path_factory.mktemp("runs") / "phema")
+@pytest.fixture
+def phema_run(run_copy):
+    """A Baseline run with power-function EMAs: the test's own copy, to reconstruct into."""
+    return run_copy("model=baseline", *PHEMA, name="phema")
 
 
 def test_posthoc_app_writes_weight_sets_that_evaluate_scores(phema_run, tmp_path):
@@ -243,7 +243,7 @@ def test_posthoc_app_writes_weight_sets_that_evaluate_scores(phema_run, tmp_path
     assert float(got["phema@0.1"]["lag_epochs"]) == pytest.approx(0.1 * 8 / 4)
 
 
-def test_posthoc_errors(phema_run, tiny_cfg, tmp_path):
+def test_posthoc_errors(phema_run, trained_run):
     with pytest.raises(ConfigError, match="nothing to reconstruct"):
         ph.posthoc(compose("posthoc", [f"run_dir={phema_run}"]))
     with pytest.raises(ConfigError, match="sigma_rel=0.5"):
@@ -253,6 +253,6 @@ def test_posthoc_errors(phema_run, tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match="not tracked"):
         ph.posthoc(compose("posthoc", [f"run_dir={phema_run}", "sigma_rel=[0.1]",
                                        "sources=[0.2]"]))
-    plain = train(tiny_cfg("trainer.epochs=1"), tmp_path / "plain")
+    plain = trained_run("trainer.epochs=1")
     with pytest.raises(ConfigError, match="ema=posthoc"):
         ph.posthoc(compose("posthoc", [f"run_dir={plain}", "sigma_rel=[0.1]"]))

@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import stat
 import subprocess
 import sys
@@ -22,7 +23,6 @@ import torch
 from tiny import TINY_EVAL, TINY_TRAIN, rows
 
 from explore import evaluate as ev
-from explore.core.config import compose
 from explore.run import environment as envmod
 from explore.run.checkpoint import CheckpointError
 from explore.run.info import read_run_info
@@ -48,12 +48,11 @@ def _stale_lock(run: Path) -> None:
                                                 "pid": _dead_pid(), "since": "earlier"}))
 
 
-@pytest.fixture(scope="module")
-def run3(tmp_path_factory):
-    """A Baseline run with three epochs' snapshots."""
-    return train(compose("train", TINY_TRAIN + ["model=baseline", "ema.decay=0.9",
-                                                "data.num_images=32", "trainer.epochs=3"]),
-                 tmp_path_factory.mktemp("runs") / "baseline")
+@pytest.fixture
+def run3(run_copy):
+    """A Baseline run with three epochs' snapshots (the test's own copy, to evaluate into)."""
+    return run_copy("model=baseline", "ema.decay=0.9", "data.num_images=32", "trainer.epochs=3",
+                    name="baseline")
 
 
 # -- 1. two evaluations of one run folder ---------------------------------------------------------
@@ -152,7 +151,7 @@ def test_a_live_lock_holder_is_named_and_its_lock_released_by_the_os_when_it_die
 @pytest.mark.slow
 def test_three_trainings_racing_on_a_stale_lock_train_once(tmp_path):
     cmd = [sys.executable, "-m", "explore.train", *TINY_TRAIN, "model=baseline",
-           "data.num_images=32", "trainer.sample_every=0", "checkpoint.every=5"]
+           "data.num_images=32", "checkpoint.every=5"]
     run = tmp_path / "run"
     first = subprocess.run(cmd + ["trainer.epochs=1", f"hydra.run.dir={run}"], cwd=REPO,
                            env=ENV, capture_output=True, text=True)
@@ -182,7 +181,7 @@ def _git_head() -> str | None:
 
 def test_run_json_records_the_environment_and_keeps_it_across_resumes(tiny_cfg, tmp_path,
                                                                      monkeypatch, caplog):
-    overrides = ["trainer.epochs=1", "trainer.sample_every=0"]
+    overrides = ["trainer.epochs=1"]
     run = train(tiny_cfg(*overrides), tmp_path / "run", command=overrides)
     info = json.loads((run / "run.json").read_text())
     env = info["environment"]
@@ -193,12 +192,12 @@ def test_run_json_records_the_environment_and_keeps_it_across_resumes(tiny_cfg, 
     assert set(env["packages"]) == {"torch", "torchvision", "torch-fidelity", "numpy", "scipy"}
     assert env["packages"]["numpy"] == __import__("numpy").__version__
     assert env["hostname"] == os.uname().nodename and env["device_name"]
-    assert "explore" in env["command"] or "pytest" in env["command"]
+    assert env["command"] == shlex.join(sys.orig_argv)  # this process's command line
     assert [e["event"] for e in info["history"]] == ["start"]
     assert info["history"][0]["environment"] == env["id"]
 
     # resumed in the same environment: one more event, no new environment
-    train(tiny_cfg("trainer.epochs=2", "trainer.sample_every=0", "resume=true"), run)
+    train(tiny_cfg("trainer.epochs=2", "resume=true"), run)
     info = read_run_info(run)
     assert [e["event"] for e in info.history] == ["start", "resume"]
     assert len(info.environments) == 1 and info.environment["id"] == env["id"]
@@ -214,7 +213,7 @@ def test_run_json_records_the_environment_and_keeps_it_across_resumes(tiny_cfg, 
 
     monkeypatch.setattr(train_mod, "describe_environment", other_torch)
     caplog.set_level("INFO", logger="explore.train")
-    train(tiny_cfg("trainer.epochs=3", "trainer.sample_every=0", "resume=true"), run)
+    train(tiny_cfg("trainer.epochs=3", "resume=true"), run)
     info = read_run_info(run)
     assert [e["torch"] for e in info.environments] == [str(torch.__version__), "9.9.9"]
     assert info.environments[1]["since_epoch"] == 2
@@ -255,8 +254,8 @@ def test_the_environment_id_ignores_the_host_and_command_but_not_versions():
 def test_files_honour_the_umask(tiny_cfg, eval_cfg, tmp_path, umask):
     old = os.umask(umask)
     try:
-        run = train(tiny_cfg("model=baseline", "trainer.epochs=1", "data.num_images=32"),
-                    tmp_path / "run")
+        run = train(tiny_cfg("model=baseline", "trainer.epochs=1", "data.num_images=32",
+                             "trainer.sample_every=1"), tmp_path / "run")
         ev.evaluate(eval_cfg(f"run_dir={run}", "eval.weights=[raw]"))
     finally:
         os.umask(old)
@@ -268,10 +267,10 @@ def test_files_honour_the_umask(tiny_cfg, eval_cfg, tmp_path, umask):
         assert mode == want, f"{name}: {oct(mode)} != {oct(want)}"
 
 
-def test_a_fallback_on_resume_is_written_to_train_log_and_the_history(tiny_cfg, tmp_path):
-    run = train(tiny_cfg("trainer.epochs=1", "trainer.sample_every=0"), tmp_path / "run")
+def test_a_fallback_on_resume_is_written_to_train_log_and_the_history(tiny_cfg, run_copy):
+    run = run_copy("trainer.epochs=1")
     (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
-    train(tiny_cfg("trainer.epochs=2", "trainer.sample_every=0", "resume=true"), run)
+    train(tiny_cfg("trainer.epochs=2", "resume=true"), run)
     log = (run / "train.log").read_text()
     assert "the resume state is unusable" in log and "AdamW restarts its moments" in log
     events = read_run_info(run).history

@@ -40,9 +40,10 @@ def _shadow(state: dict) -> dict:
 
 
 @pytest.mark.parametrize("model", ["baseline", "lift"])
-def test_resume_from_the_middle_of_an_epoch_is_bitwise(tiny_cfg, tmp_path, monkeypatch, model):
+def test_resume_from_the_middle_of_an_epoch_is_bitwise(tiny_cfg, trained_run, tmp_path,
+                                                        monkeypatch, model):
     cfg = tiny_cfg(f"model={model}", "ema.decay=0.9", "checkpoint.resume_every_min=0")
-    straight = train(cfg, tmp_path / "a")
+    straight = trained_run(f"model={model}", "ema.decay=0.9", "checkpoint.resume_every_min=0")
     calls = {"n": 0}
     real = train_mod.train_step
 
@@ -72,8 +73,8 @@ def test_resume_from_the_middle_of_an_epoch_is_bitwise(tiny_cfg, tmp_path, monke
           load_checkpoint(resumed / "checkpoints" / "epoch_0002.pt"))
 
 
-def test_a_corrupt_resume_state_falls_back_to_the_newest_snapshot(tiny_cfg, tmp_path, caplog):
-    run = train(tiny_cfg("trainer.epochs=1"), tmp_path / "run")
+def test_a_corrupt_resume_state_falls_back_to_the_newest_snapshot(tiny_cfg, run_copy, caplog):
+    run = run_copy("trainer.epochs=1")
     last = run / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a crash of the copy
     snapshot = load_checkpoint(run / "checkpoints" / "epoch_0001.pt")
@@ -121,10 +122,9 @@ def test_disk_budget_refuses_a_run_that_does_not_fit(tiny_cfg, tmp_path, monkeyp
     assert "disk budget: this run will write about 1.9 MB" in log and "free there: 3.0 MB" in log
 
 
-def test_snapshots_are_small_and_bfloat16_halves_them(tiny_cfg, tmp_path):
-    a = train(tiny_cfg("trainer.epochs=1", "model=lift"), tmp_path / "f32")
-    b = train(tiny_cfg("trainer.epochs=1", "model=lift", "checkpoint.snapshot_dtype=bfloat16"),
-              tmp_path / "bf16")
+def test_snapshots_are_small_and_bfloat16_halves_them(trained_run):
+    a = trained_run("trainer.epochs=1", "model=lift")
+    b = trained_run("trainer.epochs=1", "model=lift", "checkpoint.snapshot_dtype=bfloat16")
     f32, bf16 = (r / "checkpoints" / "epoch_0001.pt" for r in (a, b))
     weights = sum(v.numel() * 4 for v in load_checkpoint(f32)["model_state"].values())
     assert f32.stat().st_size < 2 * weights + 200_000  # weights + one EMA, no optimizer
@@ -138,9 +138,8 @@ def test_snapshots_are_small_and_bfloat16_halves_them(tiny_cfg, tmp_path):
                        _shadow(load_checkpoint(f32))["init_conv.weight"].bfloat16())
 
 
-def test_keep_last_deletes_older_snapshots_but_not_the_kept_ones(tiny_cfg, tmp_path):
-    run = train(tiny_cfg("trainer.epochs=4", "checkpoint.keep_last=2", "checkpoint.keep=[1]"),
-                tmp_path / "run")
+def test_keep_last_deletes_older_snapshots_but_not_the_kept_ones(trained_run):
+    run = trained_run("trainer.epochs=4", "checkpoint.keep_last=2", "checkpoint.keep=[1]")
     assert [e for e, _ in RunFolder(run).checkpoints()] == [1, 3, 4]
 
 
@@ -193,8 +192,8 @@ def test_a_really_full_file_system(tiny_cfg, tmp_path, monkeypatch):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_stale_temporaries_of_killed_writers_are_removed(tiny_cfg, tmp_path, caplog):
-    run = train(tiny_cfg("trainer.epochs=1"), tmp_path / "run")
+def test_stale_temporaries_of_killed_writers_are_removed(tiny_cfg, run_copy, caplog):
+    run = run_copy("trainer.epochs=1")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     stale = [run / "checkpoints" / f".epoch_0002.pt.{dead}.k2j4h1x0.tmp",
@@ -207,9 +206,9 @@ def test_stale_temporaries_of_killed_writers_are_removed(tiny_cfg, tmp_path, cap
     assert "removed 3 temporary files (12.3 KB) left by an interrupted write" in caplog.text
 
 
-def test_a_second_writer_stops_at_once_and_a_dead_ones_lock_is_taken_over(tiny_cfg, tmp_path,
+def test_a_second_writer_stops_at_once_and_a_dead_ones_lock_is_taken_over(tiny_cfg, run_copy,
                                                                           caplog):
-    run = train(tiny_cfg("trainer.epochs=1"), tmp_path / "run")
+    run = run_copy("trainer.epochs=1")
     before = (run / "config.yaml").read_text()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -251,11 +250,12 @@ def test_a_refused_or_failed_start_changes_nothing_on_disk(tmp_path):
     assert not (tmp_path / "new").exists()  # no stray run folder
 
 
-def test_evaluating_a_lone_checkpoint_checks_the_model_and_reads_its_epoch(tiny_cfg, tmp_path):
+def test_evaluating_a_lone_checkpoint_checks_the_model_and_reads_its_epoch(trained_run,
+                                                                           tmp_path):
     from explore import evaluate as ev
     from explore.core.config import compose
 
-    run = train(tiny_cfg("model=baseline", "trainer.epochs=1"), tmp_path / "run")
+    run = trained_run("model=baseline", "trainer.epochs=1")
     lone = tmp_path / "mine.pt"  # a name without the epoch
     shutil.copy(run / "checkpoints" / "epoch_0001.pt", lone)
     common = ["device=cpu", "progress=false", "eval.num_images=16", "eval.num_steps=2",

@@ -26,8 +26,8 @@ def read_csv(path):
 
 
 @pytest.mark.parametrize("model", ["baseline", "lift"])
-def test_train_writes_run_folder(tiny_cfg, tmp_path, model):
-    run = train(tiny_cfg(f"model={model}", "ema.decay=0.9"), tmp_path / "run")
+def test_train_writes_run_folder(trained_run, model):
+    run = trained_run(f"model={model}", "ema.decay=0.9")
     rows = read_csv(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert [r["step"] for r in rows] == ["4", "8"]
@@ -51,18 +51,19 @@ def test_train_writes_run_folder(tiny_cfg, tmp_path, model):
     assert meta["model"] == model and meta["ema_decay"] == 0.9 and meta["steps_per_epoch"] == 4
 
 
-def test_ema_off_has_no_ema_state(tiny_cfg, tmp_path):
-    run = train(tiny_cfg("ema=off", "trainer.epochs=1"), tmp_path / "run")
+def test_ema_off_has_no_ema_state(trained_run):
+    run = trained_run("ema=off", "trainer.epochs=1")
     state = load_checkpoint(run / "checkpoints" / "epoch_0001.pt")
     assert state["ema_state"] is None and state["ema_decay"] is None
     assert "ema_share" not in read_csv(run / "metrics.csv")[0]
 
 
 @pytest.mark.parametrize("model", ["baseline", "lift"])
-def test_resume_is_bitwise_identical(tiny_cfg, tmp_path, model):
-    straight = train(tiny_cfg(f"model={model}", "ema.decay=0.9"), tmp_path / "a")
-    half = train(tiny_cfg(f"model={model}", "ema.decay=0.9", "trainer.epochs=1"), tmp_path / "b")
-    resumed = train(tiny_cfg(f"model={model}", "ema.decay=0.9", "resume=true"), half)
+def test_resume_is_bitwise_identical(tiny_cfg, trained_run, run_copy, model):
+    grid = "trainer.sample_every=1"  # with a sample grid after every epoch
+    straight = trained_run(f"model={model}", "ema.decay=0.9", grid)
+    half = run_copy(f"model={model}", "ema.decay=0.9", grid, "trainer.epochs=1")
+    resumed = train(tiny_cfg(f"model={model}", "ema.decay=0.9", grid, "resume=true"), half)
     a = load_checkpoint(straight / "checkpoints" / "epoch_0002.pt")
     b = load_checkpoint(resumed / "checkpoints" / "epoch_0002.pt")
     for k, v in a["model_state"].items():
@@ -80,8 +81,8 @@ def test_resume_is_bitwise_identical(tiny_cfg, tmp_path, model):
     assert list(a) == ["raw", "ema"] and all((a[w] == b[w]).all() for w in a)
 
 
-def test_resume_of_finished_run_does_nothing(tiny_cfg, tmp_path):
-    run = train(tiny_cfg("trainer.epochs=1"), tmp_path / "run")
+def test_resume_of_finished_run_does_nothing(tiny_cfg, run_copy):
+    run = run_copy("trainer.epochs=1")
     before = (run / "checkpoints" / "epoch_0001.pt").stat().st_mtime_ns
     train(tiny_cfg("trainer.epochs=1", "resume=true"), run)
     assert (run / "checkpoints" / "epoch_0001.pt").stat().st_mtime_ns == before
@@ -170,8 +171,8 @@ def test_bad_config_values_are_named(tiny_cfg, tmp_path, override, error, match)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_existing_run_needs_resume_and_same_config(tiny_cfg, tmp_path):
-    run = train(tiny_cfg("trainer.epochs=1"), tmp_path / "run")
+def test_existing_run_needs_resume_and_same_config(tiny_cfg, trained_run):
+    run = trained_run("trainer.epochs=1")  # both starts are refused before writing anything
     with pytest.raises(ConfigError, match="resume=true"):
         train(tiny_cfg("trainer.epochs=1"), run)
     with pytest.raises(ConfigError, match="ema"):
@@ -211,8 +212,8 @@ def test_cli_help_and_smoke_run(tmp_path):
 
 
 def test_schedule_is_recorded_and_a_run_from_before_resumes_only_with_its_own(tiny_cfg,
-                                                                               tmp_path):
-    run = train(tiny_cfg("trainer.epochs=1", "diffusion=cosine"), tmp_path / "run")
+                                                                               run_copy):
+    run = run_copy("trainer.epochs=1", "diffusion=cosine")
     meta = json.loads((run / "run.json").read_text())
     assert meta["schedule"]["name"] == "cosine" and meta["schedule"]["beta_max"] == 0.999
     path = run / "checkpoints" / "epoch_0001.pt"

@@ -39,10 +39,9 @@ def red_pixels(region) -> int:
 
 
 @pytest.mark.parametrize("model", ["baseline", "lift"])
-def test_grid_every_n_epochs_raw_and_ema_differ_and_a_young_ema_says_so(tiny_cfg, tmp_path,
-                                                                          model):
-    run = train(tiny_cfg(f"model={model}", "ema=multi", "ema.decays=[0.9,0.99]",
-                         "trainer.epochs=3", "trainer.sample_every=2"), tmp_path / "run")
+def test_grid_every_n_epochs_raw_and_ema_differ_and_a_young_ema_says_so(trained_run, model):
+    run = trained_run(f"model={model}", "ema=multi", "ema.decays=[0.9,0.99]", "trainer.epochs=3",
+                      "trainer.sample_every=2")
     found = sorted(p.name for p in RunFolder(run).samples_dir.iterdir())
     assert found == ["epoch_0002.png", "epoch_0003.png"]  # every 2 epochs, and the last
     meta, grids, headers = panels_of(RunFolder(run).samples(3))
@@ -82,12 +81,13 @@ def test_sampling_leaves_weights_mode_and_random_streams_as_they_were(tiny_cfg, 
     assert all(torch.equal(a.images, b.images) for a, b in zip(panels, again))
 
 
-def test_lift_uses_a_cached_dp_path_of_its_run(tiny_cfg, eval_cfg, tmp_path, monkeypatch):
+def test_lift_uses_a_cached_dp_path_of_its_run(tiny_cfg, eval_cfg, run_copy, monkeypatch):
     from explore.evaluate import evaluate
 
-    run = train(tiny_cfg("model=lift", "ema.decay=0.9", "trainer.epochs=1"), tmp_path / "run")
+    grid = "trainer.sample_every=1"
+    run = run_copy("model=lift", "ema.decay=0.9", "trainer.epochs=1", grid)
     evaluate(eval_cfg(f"run_dir={run}", "eval.weights=[raw]"))  # caches a heatmap of epoch 1
-    cfg = tiny_cfg("model=lift", "ema.decay=0.9", "trainer.epochs=2", "resume=true")
+    cfg = tiny_cfg("model=lift", "ema.decay=0.9", "trainer.epochs=2", grid, "resume=true")
     paths = []
     real = watch_mod.sample_lift
 
@@ -116,7 +116,7 @@ def test_a_failing_grid_warns_once_and_training_finishes(tiny_cfg, tmp_path, mon
         raise RuntimeError("out of memory (on purpose)")
 
     monkeypatch.setattr(watch_mod, "sample_panels", broken)
-    run = train(tiny_cfg("trainer.epochs=3"), tmp_path / "run")
+    run = train(tiny_cfg("trainer.epochs=3", "trainer.sample_every=1"), tmp_path / "run")
     warned = [r for r in caplog.records if "sample grid" in r.getMessage()]
     assert len(warned) == 1 and "out of memory" in warned[0].getMessage()
     assert RunFolder(run).checkpoint(3).is_file()

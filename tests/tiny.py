@@ -8,11 +8,12 @@ from explore.training.settings import TrainSettings
 # a two-level UNet on 16x16 images: LIFT ~0.03M parameters
 TINY_MODEL = ["model.hidden_dims=[8,16]", "model.image_size=16", "model.attn_min_ch=16"]
 TINY_DIMS = dict(hidden_dims=[8, 16], image_size=16, attn_min_ch=16)  # the same, as arguments
-# a complete training config: 64 images, batch 16, 4 optimizer steps/epoch, 2 epochs, with the
-# smoke preset's sample grid every epoch (4 DDIM steps)
+# a complete training config: 64 images, batch 16, 4 optimizer steps/epoch, 2 epochs; no sample
+# grid (the smoke preset draws one every epoch, which at this size costs more than the training:
+# a test about grids asks for one with trainer.sample_every=N)
 TINY_TRAIN = ["experiment=smoke", "device=cpu", *TINY_MODEL, "data.num_images=64",
               "trainer.batch_size=16", "trainer.epochs=2", "trainer.progress=false",
-              "trainer.sample_steps=4"]
+              "trainer.sample_every=0", "trainer.sample_steps=4"]
 # an evaluation that still runs every stage (DP paths on a 4x4 heatmap, FID on 24 images)
 # (no bootstrap replicates unless a test asks for them: eval.bootstrap=N)
 TINY_EVAL = ["device=cpu", "progress=false", "eval.num_images=24", "eval.num_steps=4",

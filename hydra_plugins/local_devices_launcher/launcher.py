@@ -94,7 +94,11 @@ class LocalDevicesLauncher(BaseSubmititLauncher):
 
     @staticmethod
     def _report(t) -> None:
-        if t.state == "done":
+        failed = isinstance(t.result, JobReturn) and t.result.status == JobStatus.FAILED
+        if t.state == "done" and failed:  # the job's task raised: Hydra caught it in the job
+            log.error("%s failed on %s: %s: %s", t.name, t.slot.label,
+                      type(t.result._return_value).__name__, t.result._return_value)
+        elif t.state == "done":
             log.info("%s done on %s (%.0f s)", t.name, t.slot.label, t.ended - t.started)
         else:
             log.error("%s %s on %s: %s; log: %s", t.name, t.state, t.slot.label, t.error,
