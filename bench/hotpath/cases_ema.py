@@ -8,11 +8,10 @@ import torch
 from explore.ema import EMA
 from explore.nets.models import count_parameters
 
-from .cases_train import train_config
-from .config import EMA_DECAY, BenchConfig
-from .harness_trainer import HarnessTrainer
+from ..common.timing import cpu_peak_rss_bytes, cuda_peak, free, measure, ratio
+from ..common.training import EMA_DECAY, HarnessTrainer, random_batch, train_config
+from .config import BenchConfig
 from .naive import NaiveEMA
-from .timing import cpu_peak_rss_bytes, cuda_peak, free, measure, ratio
 
 
 def bench_ema(cfg: BenchConfig, device: torch.device, train_result: dict | None) -> dict:
@@ -48,7 +47,7 @@ def bench_ema(cfg: BenchConfig, device: torch.device, train_result: dict | None)
         source = "the train section's LIFT harness step"
     else:
         trainer = HarnessTrainer(train_config("lift", size, device, cfg.train_batch), device,
-                                 _batch(cfg.train_batch, size.image_size, device))
+                                 random_batch(cfg.train_batch, size.image_size, device))
         step = measure({"s": trainer.step}, max(2, cfg.train_reps), 1, device)["s"]["median_s"]
         source = "LIFT harness steps timed here"
         del trainer
@@ -59,9 +58,4 @@ def bench_ema(cfg: BenchConfig, device: torch.device, train_result: dict | None)
     del model
     free(device)
     return out
-
-
-def _batch(b: int, s: int, device: torch.device) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return (torch.rand(b, 3, s, s, generator=gen) * 2 - 1).to(device)
 

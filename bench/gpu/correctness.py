@@ -23,6 +23,8 @@ from explore.ema import EMA
 from explore.nets.diffusion import CosineSchedule
 from explore.nets.sampling import diagonal_path, sample_baseline, sample_lift
 
+from .context import Outcome
+
 KINDS = ("baseline", "lift")
 # relative forward difference (max |diff| / max |output|) within which a device agrees
 FORWARD_TOL = 1e-2       # with TF32 convolutions (10-bit mantissa)
@@ -139,7 +141,7 @@ def compare_ema(plan) -> dict:
             "max_abs_diff": worst, "max_rel_diff": worst_rel}
 
 
-def step_correctness(ctx) -> tuple[str, str]:
+def step_correctness(ctx) -> Outcome:
     plan, res = ctx.plan, ctx.result
     res["reference"] = "CPU, fp32, NCHW"
     res["under_test"] = (f"{plan.device}, fp32, harness defaults (NCHW; cuDNN TF32 "
@@ -168,7 +170,7 @@ def step_correctness(ctx) -> tuple[str, str]:
     return judge(res, plan.cuda)
 
 
-def judge(res: dict, cuda: bool) -> tuple[str, str]:
+def judge(res: dict, cuda: bool) -> Outcome:
     problems, parts = [], []
     fwd = max(res["models"][k]["forward"]["rel_diff"] for k in KINDS)
     fwd_abs = max(res["models"][k]["forward"]["max_abs_diff"] for k in KINDS)

@@ -2,7 +2,7 @@
 once mid-epoch and resumed, against an uninterrupted run; then `python -m explore.evaluate` of
 it on the device.
 
-Three training processes (bench.gpu_child: `explore.train.train` with
+Three training processes (bench.gpu.child: `explore.train.train` with
 torch.use_deterministic_algorithms(True, warn_only=True) and CUBLAS_WORKSPACE_CONFIG=:4096:8):
 
 - `straight`: 2 epochs without a stop;
@@ -33,9 +33,9 @@ import torch
 
 from explore.run.checkpoint import load_checkpoint
 
-from .gpu_check import StepTimeout
+from .context import Outcome, StepTimeout
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DIE_AFTER_EPOCH_2_BATCH = 2  # killed with epoch 2's second batch saved, its third under way
 
 
@@ -121,7 +121,7 @@ def train_overrides(plan, device) -> list[str]:
             "trainer.sample_steps=4", "trainer.sample_images=16"]
 
 
-def step_resume(ctx) -> tuple[str, str]:
+def step_resume(ctx) -> Outcome:
     plan, res = ctx.plan, ctx.result
     work = ctx.out / "work" / "resume"
     if work.exists():  # this step's own folder from an earlier check: start afresh
@@ -143,7 +143,7 @@ def step_resume(ctx) -> tuple[str, str]:
 
     def train(name: str, extra: list[str] = (), die: int | None = None, run: str | None = None):
         run_dir = work / (run or name)
-        cmd = [sys.executable, "-m", "bench.gpu_child", str(run_dir), "--warnings",
+        cmd = [sys.executable, "-m", "bench.gpu.child", str(run_dir), "--warnings",
                str(warn_file)]
         if die is not None:
             cmd += ["--die-after-step", str(die)]
@@ -204,7 +204,7 @@ def step_resume(ctx) -> tuple[str, str]:
     return ("warn" if "warn" in (status, ev_status) else "ok"), verdict
 
 
-def _cuda_floor(ctx, res, cmp, train, straight) -> tuple[str, str]:
+def _cuda_floor(ctx, res, cmp, train, straight) -> Outcome:
     """Not bitwise on the GPU: do two uninterrupted runs differ too?"""
     ops = res["nondeterministic_ops"]
     said = (f"; operations without a deterministic CUDA kernel: {len(ops)}" if ops else
@@ -241,7 +241,7 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
-def evaluate(ctx, run_dir: Path, env: dict) -> tuple[str, str]:
+def evaluate(ctx, run_dir: Path, env: dict) -> Outcome:
     """`python -m explore.evaluate` of the resumed run's last epoch on the device."""
     plan, res = ctx.plan, ctx.result
     ctx.need(10, "python -m explore.evaluate")

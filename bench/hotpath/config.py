@@ -1,4 +1,5 @@
-"""What the bench measures: model sizes, the bench configuration, the full and quick presets."""
+"""What the bench measures: the sections, the bench configuration (`BenchConfig`), the full and
+quick presets (`preset_config`); the model sizes are bench.common.sizes'."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from ..common.sizes import SMOKE, ModelSize
+
 SCHEMA = "explore-bench-v1"
 SECTIONS = ("train", "ema", "heatmap", "dp", "sampling")
 KINDS = ("baseline", "lift")
-REFERENCE = (64, 128, 256, 512)
 # trainer options measured against the harness defaults (config overrides, as on the command line)
 TRAIN_OPTIONS: dict[str, list[str]] = {
     "bf16": ["trainer.precision=bf16"],
@@ -19,33 +21,6 @@ TRAIN_OPTIONS: dict[str, list[str]] = {
     "bf16_channels_last_fused_compile": ["trainer.precision=bf16", "trainer.channels_last=true",
                                          "optim.optimizer.fused=true", "trainer.compile=true"],
 }
-EMA_DECAY = 0.9999
-
-
-@dataclass
-class ModelSize:
-    """A UNet size: hidden dims, image size (the high scale), attention from this many channels."""
-
-    hidden_dims: tuple[int, ...] = REFERENCE
-    image_size: int = 64
-    attn_min_ch: int = 128
-
-    def overrides(self) -> list[str]:
-        dims = ",".join(str(d) for d in self.hidden_dims)
-        return [f"model.hidden_dims=[{dims}]", f"model.image_size={self.image_size}",
-                f"model.attn_min_ch={self.attn_min_ch}"]
-
-    def build(self, kind: str) -> torch.nn.Module:
-        from explore.nets.models import BaselineUNet, LiftUNet
-
-        cls = BaselineUNet if kind == "baseline" else LiftUNet
-        return cls(hidden_dims=list(self.hidden_dims), image_size=self.image_size,
-                   attn_min_ch=self.attn_min_ch)
-
-    def describe(self) -> str:
-        dims = "x".join(str(d) for d in self.hidden_dims)
-        ref = " (reference)" if self == ModelSize() else ""
-        return f"dims {dims}, {self.image_size}px{ref}"
 
 
 @dataclass
@@ -87,7 +62,6 @@ def preset_config(quick: bool, device: torch.device, threads: int,
                   compile_on_cpu: bool = False) -> BenchConfig:
     """The full (reference size) or quick preset for a device."""
     cpu = device.type != "cuda"
-    smoke = ModelSize((16, 32), 32, 64)  # conf/experiment/smoke.yaml's model
     cfg = BenchConfig(preset="quick" if quick else "full", device=str(device), threads=threads)
     options = ["bf16", "channels_last", "fused_adamw"]
     skipped = {}
@@ -99,14 +73,14 @@ def preset_config(quick: bool, device: torch.device, threads: int,
         options += ["compile", "bf16_channels_last_fused_compile"]
     if quick:
         cfg = replace(cfg, reps=3, warmup=1, ema_size=ModelSize((32, 64, 128), 32, 128),
-                      train_size=smoke, train_batch=8, train_reps=3, train_warmup=1,
-                      heatmap_size=smoke, heatmap_grid=2, heatmap_batch=4, heatmap_reps=2,
-                      sample_size=smoke, sample_images=4, sample_reps=2)
+                      train_size=SMOKE, train_batch=8, train_reps=3, train_warmup=1,
+                      heatmap_size=SMOKE, heatmap_grid=2, heatmap_batch=4, heatmap_reps=2,
+                      sample_size=SMOKE, sample_images=4, sample_reps=2)
         cfg.notes.append("--quick: small models and configurations, a smoke test of the bench; "
                          "the full preset gives the figures that count")
     elif cpu:
         cfg = replace(cfg, reps=7, warmup=2, train_batch=4, train_reps=7, train_warmup=1,
-                      heatmap_size=smoke, heatmap_grid=4, heatmap_batch=16, heatmap_reps=3,
+                      heatmap_size=SMOKE, heatmap_grid=4, heatmap_batch=16, heatmap_reps=3,
                       heatmap_extra={"size": asdict(ModelSize()), "grid": 1, "batch": 2,
                                      "probes": 4, "reps": 1},
                       sample_images=2, sample_reps=3)

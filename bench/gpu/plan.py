@@ -1,7 +1,7 @@
-"""What `python -m bench.gpu_check` measures on each kind of device: the GPU plan (the reference
-model size, batch 64, the study's numbers) and its scaled-down CPU twin (smoke model sizes, tiny
-batches, a few iterations), which runs the same code in a few minutes on 2 cores so that CI proves
-the check works before any GPU sees it."""
+"""What the GPU check measures on each kind of device: the GPU plan (the reference model size,
+batch 64, the study's numbers) and its scaled-down CPU twin (smoke model sizes, tiny batches, a
+few iterations), which runs the same code in a few minutes on 2 cores so that CI proves the
+check works before any GPU sees it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ModelSize
-
-SMOKE = ModelSize((16, 32), 32, 64)  # conf/experiment/smoke.yaml's model
+from ..common.sizes import SMOKE, ModelSize
 
 # training variants of step 3: config overrides, as on the command line. channels_last is set
 # explicitly (its default, null, means "on" on a CPU), so a name means the same on both devices.

@@ -10,9 +10,10 @@ from explore.lift.heatmap import error_heatmap, pick_images
 from explore.lift.heatmap_jvp import fast_path_supported
 from explore.nets.diffusion import CosineSchedule
 
-from .config import BenchConfig, ModelSize
+from ..common.sizes import ModelSize
+from ..common.timing import cpu_peak_rss_bytes, cuda_peak, free, measure, ratio
+from .config import BenchConfig
 from .naive import naive_error_heatmap
-from .timing import cpu_peak_rss_bytes, cuda_peak, free, measure, ratio
 
 
 def _heatmap_case(size: ModelSize, grid: int, batch: int, probes: int, reps: int, warmup: int,

@@ -30,7 +30,8 @@ import heapq
 import math
 from dataclasses import asdict, dataclass, field
 
-from .gpu_throughput import HEATMAP_DEFAULT_IMAGES, HEATMAP_DEFAULT_PROBES, fastest_variant
+from .context import STEP_NAMES, Outcome
+from .throughput import HEATMAP_DEFAULT_IMAGES, HEATMAP_DEFAULT_PROBES, fastest_variant
 
 STUDY_IMAGES = 15_803  # AFHQv2 train split (STUDY.md): data.num_images=null at the reference
 
@@ -222,9 +223,7 @@ def rates_from(throughput: dict) -> tuple[dict, list[str]]:
     return rates, assumed
 
 
-def step_projection(ctx) -> tuple[str, str]:
-    from .gpu_check import STEP_NAMES
-
+def step_projection(ctx) -> Outcome:
     res = ctx.result
     throughput = ctx.check.report["steps"][2]["result"]
     rates, assumed = rates_from(throughput)

@@ -2,13 +2,13 @@
 `python -m explore.train` calls) with deterministic algorithms on, and optionally a real SIGKILL
 of itself right after a given optimizer step.
 
-    python -m bench.gpu_child RUN_DIR [--die-after-step N] [--warnings FILE] -- OVERRIDES...
+    python -m bench.gpu.child RUN_DIR [--die-after-step N] [--warnings FILE] -- OVERRIDES...
 
 torch.use_deterministic_algorithms(True, warn_only=True): an operation without a deterministic
 CUDA kernel (e.g. the backward of bilinear interpolation, which LIFT uses) warns instead of
 stopping the run; each distinct warning is appended to FILE, so the check can say which
 operations may make two CUDA runs differ. CUBLAS_WORKSPACE_CONFIG must be set by the parent
-(before CUDA starts): bench.gpu_resume does.
+(before CUDA starts): bench.gpu.resume does.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _record_warnings(path: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_child")
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.child")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--die-after-step", type=int, default=None)
     p.add_argument("--warnings", type=Path, default=None)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             if calls["n"] == args.die_after_step + 1:
                 # the step before this one has been saved in last.pt (resume_every_min=0);
                 # die now, without any clean-up, as a killed job does
-                print(f"gpu_child: SIGKILL after optimizer step {args.die_after_step}",
+                print(f"bench.gpu.child: SIGKILL after optimizer step {args.die_after_step}",
                       flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             return out

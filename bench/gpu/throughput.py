@@ -1,7 +1,7 @@
 """Step 3 of the GPU check: the rates the study's cost depends on, at the reference size.
 
 - training images/s of Baseline and LIFT at batch 64 (the harness's own optimizer step,
-  bench.harness_trainer: forward, backward, clip, AdamW, EMA) for fp32, bf16,
+  bench.common.training: forward, backward, clip, AdamW, EMA) for fp32, bf16,
   bf16 + channels_last and bf16 + channels_last + torch.compile (its compile time apart: the
   warm-up steps' time beyond the steady step time); peak GPU memory of each;
 - the EMA update's time as a share of a step (fp32, and of the fastest variant);
@@ -31,26 +31,21 @@ import torch
 from explore.nets.diffusion import CosineSchedule
 from explore.nets.sampling import diagonal_path, sample_baseline, sample_lift
 
-from .cases_train import train_config
-from .gpu_plan import COMPILED, TRAIN_VARIANTS
-from .harness_trainer import HarnessTrainer
-from .timing import cuda_peak, free, measure, sync, throughput
+from ..common.timing import cuda_peak, free, measure, sync, throughput
+from ..common.training import HarnessTrainer, random_batch, train_config
+from .context import Outcome
+from .plan import COMPILED, TRAIN_VARIANTS
 
 UNFINISHED = {"unfinished": "started, cut off by the budget before it finished"}
 KINDS = ("lift", "baseline")  # LIFT first: the bigger of the study's costs
 HEATMAP_DEFAULT_IMAGES, HEATMAP_DEFAULT_PROBES = 16, 4  # conf/eval/default.yaml
 
 
-def _batch(b: int, s: int, device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return (torch.rand(b, 3, s, s, generator=g) * 2 - 1).to(device)
-
-
 def measure_train(kind: str, variant: str, plan, with_ema: bool) -> dict:
     device, b = plan.device, plan.train_batch_bench
     cfg = train_config(kind, plan.size, device, b, TRAIN_VARIANTS[variant])
     t0 = time.perf_counter()
-    trainer = HarnessTrainer(cfg, device, _batch(b, plan.size.image_size, device))
+    trainer = HarnessTrainer(cfg, device, random_batch(b, plan.size.image_size, device))
     build_s = time.perf_counter() - t0
     warm = []
     for _ in range(max(1, plan.train_warmup + (2 if variant == COMPILED else 0))):
@@ -140,7 +135,7 @@ def measure_heatmap(plan) -> dict:
     torch.manual_seed(0)
     model = plan.size.build("lift").to(device).eval()
     schedule = CosineSchedule.named("study")
-    images = _batch(b, plan.size.image_size, device)
+    images = random_batch(b, plan.size.image_size, device)
 
     def run(grid):
         return error_heatmap(model, schedule, images, grid_size=grid, num_probes=k,
@@ -216,12 +211,12 @@ def measure_checkpoint_writes(plan, folder: Path) -> dict:
     return out
 
 
-def step_throughput(ctx) -> tuple[str, str]:
+def step_throughput(ctx) -> Outcome:
     plan, res = ctx.plan, ctx.result
     res["config"] = {"model_size": plan.size.describe(), "train_batch": plan.train_batch_bench,
                      "train_warmup": plan.train_warmup, "train_reps": plan.train_reps,
                      "sampling_batch": plan.sampling_batch, "variants": TRAIN_VARIANTS,
-                     "harness": "bench.harness_trainer (explore.training.step.train_step + "
+                     "harness": "bench.common.training (explore.training.step.train_step + "
                                 "EMA 0.9999), conf/train.yaml defaults plus the variant"}
     train = res.setdefault("train", {k: {} for k in KINDS})
     ctx.summarize = lambda: (_ema_shares(res), judge(res)[1])[1]
@@ -323,7 +318,7 @@ def _ema_shares(res: dict) -> None:
                 "fastest_percent": 100.0 * ema_s / variants[best]["median_s"]}
 
 
-def judge(res: dict) -> tuple[str, str]:
+def judge(res: dict) -> Outcome:
     parts, errors = [], []
     for kind in KINDS:
         variants = res.get("train", {}).get(kind, {})

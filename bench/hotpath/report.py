@@ -7,13 +7,12 @@ for the other kind of device).
 
 from __future__ import annotations
 
-import math
-
+from ..common.numbers import num
 from .config import KINDS, TRAIN_OPTIONS
 
 
 def targets(result: dict) -> list[dict]:
-    """The issue's targets, each with its measured figure and whether it holds.
+    """The bench's targets, each with its measured figure and whether it holds.
 
     CPU targets are judged only on a CPU run and the GPU one only on a GPU run (holds: null
     otherwise); a figure that was not measured gives holds: null.
@@ -59,33 +58,18 @@ def targets(result: dict) -> list[dict]:
 def _fmt_s(st: dict | None) -> str:
     if not st or "median_s" not in st:
         return (st or {}).get("error") or (st or {}).get("skipped") or "-"
-    return f"{_num(st['median_s'])} s ({_num(st['min_s'])}-{_num(st['max_s'])})"
+    return f"{num(st['median_s'])} s ({num(st['min_s'])}-{num(st['max_s'])})"
 
 
 def _fmt_ips(st: dict | None) -> str:
     if not st or "images_per_s" not in st:
         return (st or {}).get("error") or (st or {}).get("skipped") or "-"
     ips = st["images_per_s"]
-    return f"{_num(ips['median'])} img/s ({_num(ips['min'])}-{_num(ips['max'])})"
-
-
-def _num(x: float) -> str:
-    if x is None or not math.isfinite(x):
-        return str(x)
-    a = abs(x)
-    if a >= 100:
-        return f"{x:.0f}"
-    if a >= 10:
-        return f"{x:.1f}"
-    if a >= 0.1:
-        return f"{x:.2f}"
-    if a >= 0.001:
-        return f"{x:.4f}"
-    return f"{x:.2e}"
+    return f"{num(ips['median'])} img/s ({num(ips['min'])}-{num(ips['max'])})"
 
 
 def _x(r) -> str:
-    return f"**{_num(r)}x**" if isinstance(r, (int, float)) else "-"
+    return f"**{num(r)}x**" if isinstance(r, (int, float)) else "-"
 
 
 def _load(machine: dict) -> str:
@@ -101,7 +85,7 @@ def markdown(result: dict) -> str:
     lines = [f"bench ({result['preset']}) on {result['device']}"
              f" ({result['machine'].get('gpu') or result['machine'].get('cpu')}, "
              f"{result['threads']} threads), torch {result['torch_version']}, "
-             f"{_num(result.get('wall_seconds', 0))} s{_load(result['machine'])}",
+             f"{num(result.get('wall_seconds', 0))} s{_load(result['machine'])}",
              "",
              "| measurement | configuration | harness | naive / baseline | ratio |",
              "|---|---|---|---|---:|"]
@@ -114,9 +98,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| EMA update vs a copy of the weights (memory-bound floor) | "
                      f"torch._foreach_copy_ of the same {c['parameters'] / 1e6:.1f}M params | "
                      f"{_fmt_s(ema['harness'])} | {_fmt_s(ema['copy_floor'])} | "
-                     f"{_num(ema['harness_vs_copy_floor'])} (1 = at the floor) |")
+                     f"{num(ema['harness_vs_copy_floor'])} (1 = at the floor) |")
         lines.append(f"| EMA share of a training step | {ema['train_step_source']} | "
-                     f"{_num(ema['step_share_percent'])} % of {_num(ema['train_step_s'])} s | "
+                     f"{num(ema['step_share_percent'])} % of {num(ema['train_step_s'])} s | "
                      f"- | - |")
     tr = result.get("train", {})
     if "config" in tr:
@@ -138,8 +122,8 @@ def markdown(result: dict) -> str:
         h = hm.get(key, {})
         if "ratio" in h:
             c = h["config"]
-            proj = (f"; 30x30 projected {_num(h['harness']['projected_30x30_s'])} s vs "
-                    f"{_num(h['naive']['projected_30x30_s'])} s" if c["cells"] != 900 else "")
+            proj = (f"; 30x30 projected {num(h['harness']['projected_30x30_s'])} s vs "
+                    f"{num(h['naive']['projected_30x30_s'])} s" if c["cells"] != 900 else "")
             lines.append(f"| heatmap | LIFT {c['model_size']}, {c['grid']}x{c['grid']} grid, "
                          f"K={c['probes']}, batch {c['batch']}{proj} | {_fmt_s(h['harness'])} | "
                          f"{_fmt_s(h['naive'])} | {_x(h['ratio'])} |")
@@ -169,7 +153,7 @@ def markdown(result: dict) -> str:
     for t in result.get("targets", []):
         m = t["measured"]
         holds = {True: "yes", False: "**no**", None: "n/a"}[t["holds"]]
-        lines.append(f"| {t['target']} | {_num(m) if isinstance(m, (int, float)) else '-'} | "
+        lines.append(f"| {t['target']} | {num(m) if isinstance(m, (int, float)) else '-'} | "
                      f"{t['rule']} | {holds} |")
     if result.get("notes"):
         lines.append("")

@@ -18,6 +18,8 @@ import shutil
 import time
 from pathlib import Path
 
+from .context import Outcome, StepTimeout
+
 JOB_SECONDS = 2.0  # each job computes this long once both have started
 MEET_TIMEOUT_S = 30.0  # how long a job waits for the other to start (a queue that runs one job
                        # at a time never lets them meet)
@@ -60,8 +62,6 @@ def probe(tag: str, meeting: str, slot) -> dict:
 def run_pool(slots, folder, ctx) -> list:
     from launch.pool import DeviceQueue, Ticket
 
-    from .gpu_check import StepTimeout
-
     if folder.exists():
         shutil.rmtree(folder)
     meeting = folder / "meeting"
@@ -81,7 +81,7 @@ def run_pool(slots, folder, ctx) -> list:
     return tickets
 
 
-def step_pool(ctx) -> tuple[str, str]:
+def step_pool(ctx) -> Outcome:
     from launch.pool import make_slots, visible_gpus
 
     plan, res = ctx.plan, ctx.result

@@ -18,6 +18,8 @@ from explore.core.devices import resolve_device
 from explore.core.errors import UserError
 from explore.core.files import atomic_write
 
+from ..common.machine import describe_machine, load_average
+from ..common.timing import cpu_peak_rss_bytes
 from .cases_dp import bench_dp
 from .cases_ema import bench_ema
 from .cases_heatmap import bench_heatmap
@@ -25,7 +27,6 @@ from .cases_sampling import bench_sampling
 from .cases_train import bench_train
 from .config import SCHEMA, SECTIONS, BenchConfig, preset_config
 from .report import markdown, targets
-from .timing import cpu_peak_rss_bytes, load_average, machine_info
 
 PROG = "python -m bench"
 
@@ -40,7 +41,7 @@ def run_bench(cfg: BenchConfig, command: str = "run_bench()", log=print) -> dict
         "schema": SCHEMA, "command": command, "preset": cfg.preset,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device), "torch_version": torch.__version__, "threads": cfg.threads,
-        "machine": machine_info(device), "config": _plain(asdict(cfg)),
+        "machine": describe_machine(device), "config": _plain(asdict(cfg)),
         "notes": list(cfg.notes) + _platform_notes(device),
     }
     runners = {"train": lambda: bench_train(cfg, device),

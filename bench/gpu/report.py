@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .gpu_plan import TRAIN_VARIANTS
-from .report import _num
+from ..common.numbers import num
+from .plan import TRAIN_VARIANTS
 
 
 def _gib(mem: dict | None) -> str:
@@ -19,7 +19,7 @@ def _ips(r: dict | None) -> str:
         return "-"
     if "images_per_s" in r:
         i = r["images_per_s"]
-        return f"{_num(i['median'])} ({_num(i['min'])}-{_num(i['max'])})"
+        return f"{num(i['median'])} ({num(i['min'])}-{num(i['max'])})"
     return r.get("error") or r.get("skipped") or r.get("unfinished") or "-"
 
 

@@ -1,23 +1,19 @@
-"""Timing and machine helpers shared by the bench (`python -m bench`) and `bench.ema_overhead`.
+"""Timing and memory figures of the benchmarks (`python -m bench`, `bench.ema_overhead`) and the
+GPU check's throughput step.
 
 `measure` times several functions round-robin (ABBA order: rep r runs them in order, rep r+1 in
 reverse, so that drift and load spikes from other processes hit all alike) and reports the
-median, min and max seconds of each; the rest are memory figures and a description of the machine.
+median, min and max seconds of each; the rest are throughput, ratio and memory figures.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
-import os
-import platform
-import socket
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -113,33 +109,3 @@ def cuda_peak(fn: Callable[[], object], device: torch.device) -> dict | None:
     sync(device)
     peak = torch.cuda.max_memory_allocated(device)
     return {"peak_bytes": int(peak), "above_resident_bytes": int(peak - before)}
-
-
-# ------------------------------------------------------------------------------------------------
-# the machine
-# ------------------------------------------------------------------------------------------------
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages, None where the platform has none."""
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def machine_info(device: torch.device) -> dict:
-    """Host, CPU model and count, Python, torch, CUDA/cuDNN, GPU name and the load average."""
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"hostname": socket.gethostname(), "platform": platform.platform(),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
-            else None,
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "load_average": load_average()}
-    if hasattr(os, "sched_getaffinity"):
-        info["usable_cpus"] = len(os.sched_getaffinity(0))
-    return info

@@ -10,9 +10,9 @@ from explore.lift.dp_path import grid_timesteps, optimal_path
 from explore.lift.heatmap import gamma_snr
 from explore.nets.diffusion import CosineSchedule
 
+from ..common.timing import measure, ratio
 from .config import BenchConfig
 from .naive import naive_optimal_path
-from .timing import measure, ratio
 
 
 def synthetic_heatmap(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,7 +44,7 @@ def bench_dp(cfg: BenchConfig, device: torch.device) -> dict:
     return {"config": {"grid": cfg.dp_grid, "steps": cfg.dp_steps, "max_jump": cfg.dp_max_jump,
                        "reps": cfg.reps, "input": "synthetic heatmap: gamma(SNR) x log-normal",
                        "harness": "explore.lift.dp_path.optimal_path",
-                       "naive": "four nested loops per layer (bench.naive)"},
+                       "naive": "four nested loops per layer (bench.hotpath.naive)"},
             "harness": stats["harness"], "naive": stats["naive"],
             "ratio": ratio(stats["naive"]["median_s"], stats["harness"]["median_s"]),
             "paths_identical": hp == np_ and dp64, "costs_identical": hc == nc,

@@ -9,9 +9,9 @@ from explore.nets.data import to_uint8
 from explore.nets.diffusion import CosineSchedule
 from explore.nets.sampling import diagonal_path, initial_noise, sample_baseline, sample_lift
 
+from ..common.timing import cpu_peak_rss_bytes, cuda_peak, free, measure, ratio, throughput
 from .config import KINDS, BenchConfig
 from .naive import naive_sample_baseline, naive_sample_lift
-from .timing import cpu_peak_rss_bytes, cuda_peak, free, measure, ratio, throughput
 
 
 def bench_sampling(cfg: BenchConfig, device: torch.device) -> dict:

@@ -7,13 +7,12 @@ from collections.abc import Callable
 
 import torch
 
-from explore.core.config import compose
 from explore.nets.diffusion import CosineSchedule
 
-from .config import EMA_DECAY, KINDS, TRAIN_OPTIONS, BenchConfig, ModelSize
-from .harness_trainer import HarnessTrainer
+from ..common.timing import cpu_peak_rss_bytes, cuda_peak, free, measure, ratio, throughput
+from ..common.training import EMA_DECAY, HarnessTrainer, random_batch, train_config
+from .config import KINDS, TRAIN_OPTIONS, BenchConfig
 from .naive import NaiveEMA, naive_train_step
-from .timing import cpu_peak_rss_bytes, cuda_peak, free, measure, ratio, throughput
 
 
 class NaiveTrainer:
@@ -34,14 +33,6 @@ class NaiveTrainer:
         naive_train_step(self.model, self.optimizer, self.schedule, self.batch, self.ema, 1.0)
 
 
-def train_config(kind: str, size: ModelSize, device: torch.device, batch: int,
-                 extra: list[str] = ()):
-    """The training config (conf/train.yaml) of a bench run: defaults plus size and options."""
-    return compose("train", [f"model={kind}", "ema=on", f"ema.decay={EMA_DECAY}",
-                             f"device={device}", f"trainer.batch_size={batch}",
-                             "trainer.progress=false", *size.overrides(), *extra])
-
-
 def bench_train(cfg: BenchConfig, device: torch.device) -> dict:
     size, b = cfg.train_size, cfg.train_batch
     out: dict = {"config": {"model_size": size.describe(), "batch": b, "reps": cfg.train_reps,
@@ -50,8 +41,7 @@ def bench_train(cfg: BenchConfig, device: torch.device) -> dict:
                                        "conf/optim/adamw.yaml, EMA on) + train_step",
                             "naive": "plain fp32 loop: zero_grad, loss, backward, clip 1.0, "
                                      "AdamW step, per-parameter EMA, loss.item()"}}
-    gen = torch.Generator().manual_seed(0)
-    batch = (torch.rand(b, 3, size.image_size, size.image_size, generator=gen) * 2 - 1).to(device)
+    batch = random_batch(b, size.image_size, device)
     for kind in KINDS:
         variants: dict[str, Callable[[], object]] = {
             "harness": lambda k=kind: HarnessTrainer(train_config(k, size, device, b), device,
