@@ -1,16 +1,19 @@
-"""The report's answer in sentences: does EMA beat raw, and which EMA length is best.
+"""The report's answer in sentences: does EMA beat raw (`significance`, `plateau`), which EMA
+length is best (`best_length`), does BEMA remove the lag (`lag_verdicts`).
 
-Why a module of its own: these sentences open the report (issue 22: the answer on the first
-screen), ahead of the tables they summarise, so they are written from the same numbers the
-tables hold (``SeriesResult``: the paired EMA - raw intervals) and nothing else.
+They open the report's sections, ahead of the tables they summarise, so they are written from
+the same numbers the tables hold (`SeriesResult`, `LagRow`: the paired EMA - raw intervals) and
+nothing else.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from .stats import Interval
-from .tables import SIGNIFICANT_MARK, SeriesResult, fid_cell, fmt_gain
+from ..stats.intervals import Interval
+from ..stats.lag import EARLY, significant_epochs
+from ..stats.results import SeriesResult
+from ..tables.cells import SIGNIFICANT_MARK, fid_cell, fmt_gain
 
 NO_INTERVAL = "one seed and no bootstrap replicates"
 
@@ -66,3 +69,42 @@ def best_length(series: str, best: str, result: SeriesResult, count: int,
     if primary is not None and primary_result is not None:
         text += f" ({primary}: {fid_cell(primary_result.best_ema, with_epoch=True)})"
     return text + "."
+
+
+def _epochs_text(epochs: list[int]) -> str:
+    """'epoch 3', 'epochs 1, 2' or 'no epoch'."""
+    if not epochs:
+        return "no epoch"
+    return ("epoch " if len(epochs) == 1 else "epochs ") + ", ".join(map(str, epochs))
+
+
+def lag_verdicts(table: pd.DataFrame | None, early=EARLY) -> list[str]:
+    """Per series: does BEMA beat the EMA early and at the final epoch, and where does it
+    lose against raw (95% paired intervals; lower FID is better)."""
+    if table is None:
+        return []
+    out = []
+    for series, rows in table.attrs["rows"].items():
+        ema = table.attrs["ema"][series]
+        final = rows[-1]
+        first = [r for r in rows if r.epoch in early and r is not final]
+        parts = []
+        if ema is not None:
+            better, worse, even = significant_epochs(first, "vs_ema")
+            if first:
+                parts.append(f"early ({_epochs_text([r.epoch for r in first])}) BEMA "
+                             f"beats {ema} at {len(better)} of {len(first)} epochs"
+                             + (f", loses at {_epochs_text(worse)}" if worse else ""))
+            end = final.vs_ema
+            verdict = ("beats" if end is not None and end.significant and end.hi < 0 else
+                       "loses to" if end is not None and end.significant and end.lo > 0 else
+                       "does not differ significantly from")
+            parts.append(f"at the final epoch ({final.epoch}) it {verdict} {ema} "
+                         f"(BEMA - EMA {fmt_gain(end)})")
+        better, worse, _ = significant_epochs(rows, "vs_raw")
+        parts.append("against raw it loses at " + _epochs_text(worse)
+                     + (f" and wins at {_epochs_text(better)}" if better else "")
+                     if worse else "it never loses significantly against raw"
+                     + (f" (wins at {_epochs_text(better)})" if better else ""))
+        out.append(f"**{series}, BEMA:** " + "; ".join(parts) + ".")
+    return out

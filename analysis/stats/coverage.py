@@ -1,4 +1,5 @@
-"""What a study lacks, as sentences: the report lists them instead of papering over them.
+"""What a study lacks, and what reads with care, as sentences: the report lists them (Missing,
+Warnings) and logs them, instead of papering over them.
 
 `find_missing` (data that is not there): runs not evaluated (or only partly), runs without
 training metrics, eval rows without a FID, series without EMA rows, epochs evaluated for one
@@ -6,16 +7,21 @@ model and not the other, weight sets evaluated at fewer epochs or (training or s
 than their series.
 
 `find_warnings` (data that is there but reads with care): EMA rows whose EMA was still mostly
-its initial weights (their FID says little about training; seed 004). Kept apart from the
-missing pieces so that "Missing" in the report means missing.
+its initial weights, whose FID says little about training. `mixed_environment_warnings`: a
+protocol whose rows were made with different software or machines, where a difference between
+numbers may be the software's rather than the EMA's. Kept apart from the missing pieces so that
+"Missing" in the report means missing.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from .load import FID_FILE, METRICS_FILE, Study, fmt_value, model_name
-from .tables import variants
+from explore.ema.names import fmt_value
+from explore.run.folder import FID_FILE, METRICS_FILE
+
+from ..load import Study, environment_records, model_name
+from .seeds import variants
 
 LOW_SHARE = (
     "EMA still mostly initial weights at {where}{share}: its FID reflects the initialisation, "
@@ -141,3 +147,25 @@ def find_missing(study: Study, summary: pd.DataFrame) -> list[str]:
 def find_warnings(summary: pd.DataFrame) -> list[str]:
     """What is measured but reads with care (EMA mostly initial weights), one sentence each."""
     return _per_protocol(summary, _share_warnings)
+
+
+def mixed_environment_warnings(study: Study) -> list[str]:
+    """A warning per protocol whose rows were made in more than one recorded environment,
+    naming what differs."""
+    fid = study.fid
+    if "environment" not in fid or fid.empty:
+        return []
+    records = environment_records(study)
+    out = []
+    for protocol, part in fid.groupby("protocol", sort=False):
+        ids = sorted(set(part["environment"].dropna().astype(str)))
+        if len(ids) < 2:
+            continue
+        fields = ("torch", "cuda", "cudnn", "device_name", "python", "git_commit", "packages")
+        differ = [f for f in fields
+                  if len({str(records.get(i, {}).get(f)) for i in ids}) > 1]
+        out.append(f"The rows of {protocol} were made in {len(ids)} environments "
+                   f"({', '.join(ids)}; they differ in {', '.join(differ) or 'nothing recorded'}"
+                   f"): a difference between their numbers may be the software's, not the "
+                   f"EMA's. See Environments.")
+    return out

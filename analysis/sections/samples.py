@@ -19,7 +19,7 @@ import pandas as pd
 from explore.ema.names import parse_weights
 from explore.run.folder import GRIDS_DIR, HEATMAPS_DIR, SAMPLES_DIR
 
-from .tables import variant_rank
+from ..stats.seeds import variant_rank
 
 # weight-set names hold no "_" (raw, ema, ema@0.999, phema@0.05); sampling paths may (dp_total)
 _GRID = re.compile(r"^epoch_(\d+)_([^_]+)_(.+?)(?:_s(\d+))?$")
@@ -75,7 +75,7 @@ def training_samples(run_dir: Path) -> list[Picture]:
     return out
 
 
-def chosen_epochs(rows: pd.DataFrame, available: set[int]) -> dict[int, str]:
+def sample_epochs(rows: pd.DataFrame, available: set[int]) -> dict[int, str]:
     """epoch -> why it is shown: the best raw and best averaged epochs (lowest FID of the
     run) and the final one; without FID rows, the last epoch with pictures."""
     rows = rows.dropna(subset=["fid"])
@@ -120,7 +120,7 @@ def samples_section(study, out: Path) -> list[str]:
         run_dir = Path(run.dir)
         grids = eval_grids(run_dir) or training_samples(run_dir)
         heatmaps = heatmap_images(run_dir)
-        epochs = chosen_epochs(study.fid[study.fid["run"] == run.run],
+        epochs = sample_epochs(study.fid[study.fid["run"] == run.run],
                                {p.epoch for p in grids + heatmaps})
         grid_lines = _picture_table(grids, epochs, out, run.run)
         heat_lines = _picture_table(heatmaps, epochs, out, run.run)

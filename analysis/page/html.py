@@ -6,7 +6,7 @@ second time. Only the Markdown the report writes is understood (headings, pipe t
 bullets, blockquotes, paragraphs; inline images, links, **bold**, `code`) -- no Markdown
 package is needed. Images (figures, sample grids, heatmaps) are read from disk, scaled down
 for the page and embedded as base64 ``data:`` URIs within a size budget
-(analysis/page_images.py), each linking its full-size file; the style sheet is inline, so
+(analysis/page/images.py), each linking its full-size file; the style sheet is inline, so
 the file can be mailed or archived alone. Links to other files (CSV, LaTeX, PDF) stay
 relative links: they are navigation, not content the page needs to render.
 """
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .page_images import (
+from .images import (
     CELL_WIDTH,
     FIGURE_DPI,
     FIGURE_WIDTH,

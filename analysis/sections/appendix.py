@@ -1,8 +1,8 @@
 """The report's closing sections: how every number was made, the runs, what is missing, warnings.
 
-Why at the end: a reader comes for the answer (issue 22: the verdict, the results table and
-the FID figure on the first screen, as TensorBoard's scalars page, W&B reports and the EDM2
-paper's tables do), and these sections are what one checks after reading it. A warning that
+Why at the end: a reader comes for the answer (the verdict, the results table and the FID
+figure on the first screen, as TensorBoard's scalars page, W&B reports and the EDM2 paper's
+tables do), and these sections are what one checks after reading it. A warning that
 changes how a number reads (an EMA still mostly its initial weights) is also a footnote
 beside that number, so it is not lost down here.
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .environments import environment_table
-from .header import protocol_header, runs_table
-from .load import Study
-from .tables import to_markdown
+from ..load import Study
+from ..tables.environments import environment_table
+from ..tables.formats import to_markdown
+from .protocol import protocol_header, runs_table
 
 
 @dataclass

@@ -2,13 +2,13 @@
 
 Why: report.md's figures are 300-dpi PNGs for print (a two-column figure is 2100 px wide)
 and a study adds sample grids per run, weight set and chosen epoch. Embedded as they were, a
-two-run smoke study's page weighed 2.9 MB, and a large study's grew without bound (issue 22).
+two-run smoke study's page weighed 2.9 MB, and a large study's grew without bound.
 A page shows a figure at most about 1000 px wide and a grid in a table cell at most 360 px,
 so each image is scaled down to that and re-encoded: figures as PNG with a 256-colour
 palette (plots hold few colours; text stays sharp, as JPEG would not keep it), pictures as
 the smaller of a lossless PNG and a JPEG. Images are embedded in page order while the page
 stays within PAGE_BUDGET; an image that does not fit becomes a link to its file, and the page
-says so (analysis/html.py). Every embedded image links its full-size file.
+says so (analysis/page/html.py). Every embedded image links its full-size file.
 """
 
 from __future__ import annotations

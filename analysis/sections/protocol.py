@@ -1,16 +1,17 @@
-"""The head of a report's sections: what every number was made with (protocol facts, runs).
-
-Split from analysis/report.py so that report.py reads as the report's outline.
+"""What every number of a protocol was made with (`protocol_header`: dataset, images, sampling
+steps, noise schedule, extractor, metrics, seeds, uncertainty, EMA decays, training) and the runs,
+grouped by everything but the seed (`runs_table`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import pandas as pd
 
-from .load import Study, fmt_value
-from .tables import GAIN_COLUMN, SIGNIFICANT_MARK, variants
+from explore.ema.names import fmt_value
+
+from ..load import Study
+from ..stats.seeds import variants
+from ..tables.cells import GAIN_COLUMN, SIGNIFICANT_MARK, seeds_text
 
 SCHEDULES = {
     "study": "study: cosine, betas clipped to [1e-4, 0.02] (the original's)",
@@ -20,11 +21,6 @@ FINAL_STEPS = {
     "study": "0 -> 0, returns its input (the original's)",
     "alpha_one": "0 -> alpha_bar 1, the clipped x0 prediction (not the original's)",
 }
-
-def seeds_text(values: Iterable) -> str:
-    """"0, 1, 2" from seeds, or from tuples of seeds (a summary's ``seeds`` column)."""
-    flat = {int(s) for v in values for s in (v if isinstance(v, tuple) else (v,))}
-    return ", ".join(map(str, sorted(flat)))
 
 
 def _real_images(first: pd.Series, runs: pd.DataFrame) -> str:
