@@ -1,4 +1,4 @@
-"""Load a study's run folders into tidy pandas frames (load -> tidy frame -> plot).
+"""1. Load: a study's run folders as tidy pandas frames, the first step of the analysis pipeline.
 
 The files of a run folder are `explore.run.folder`' contract (found anywhere below a study folder
 by their ``run.json``):
@@ -32,9 +32,16 @@ import pandas as pd
 
 from explore.core.errors import UserError
 from explore.ema.names import EMA_SHARE_LOW, fmt_value, parse_weights
-from explore.run.folder import FID_FILE, METRICS_FILE, RUN_FILE, find_run_dirs
+from explore.run.folder import (
+    ENVIRONMENTS_FILE_NAME,
+    EVAL_DIR,
+    FID_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    find_run_dirs,
+)
 from explore.run.info import read_run_info
-from explore.run.results import FID_COLUMNS, LEGACY_VALUES, PROTOCOL_COLUMNS
+from explore.run.results import FID_COLUMNS, LEGACY_VALUES, PROTOCOL_COLUMNS, read_json
 
 # (model, sampling path) -> label; the order here is the order of rows, columns and colours.
 SERIES = {
@@ -46,7 +53,7 @@ SERIES = {
 SERIES_ORDER = list(SERIES.values())
 MODEL_NAMES = {"baseline": "Baseline", "lift": "LIFT"}
 
-# FID numbers made under different values of these are never compared (STUDY.md, FID protocol).
+# FID numbers made under different values of these are never compared (the FID protocol).
 PROTOCOL_KEYS = PROTOCOL_COLUMNS
 # Two eval rows with equal values here measured the same network with the same weight set
 # (and the same sampling seed).
@@ -284,3 +291,18 @@ def ema_diagnostics(metrics: pd.DataFrame) -> pd.DataFrame:
     long = pd.concat(parts, ignore_index=True).dropna(subset=["value", "decay"])
     keys = ["model", "seed", "dataset", "image_size", "decay", "quantity", "step"]
     return long.drop_duplicates(subset=keys).reset_index(drop=True)
+
+
+def environment_records(study: Study) -> dict[str, dict]:
+    """id -> the record of every environment that trained one of the study's runs (run.json's
+    `environments`) or made one of its evaluation rows (eval/environments.json), with
+    ``trained``: the runs it trained."""
+    out: dict[str, dict] = {}
+    for _, run in study.runs.iterrows():
+        for env in run.get("environments") or []:
+            if isinstance(env, dict) and env.get("id"):
+                out.setdefault(env["id"], {**env, "trained": []})["trained"].append(run["run"])
+        found = read_json(Path(run["dir"]) / EVAL_DIR / ENVIRONMENTS_FILE_NAME) or {}
+        for env_id, env in found.items():
+            out.setdefault(env_id, {**env, "trained": []})
+    return out

@@ -5,10 +5,11 @@
 
 ``make_report`` is the plain function; ``main`` is a thin Hydra wrapper (conf/report.yaml).
 
-The report's outline (issue 22: the answer first): the title; per FID protocol the verdict
-sentences, the results table (the report's first table), the FID-against-epoch figure and
-the rest of the evidence (analysis/sections.py); training; samples; then what every number
-was made with, the runs, missing pieces and warnings (analysis/appendix.py).
+The report's outline, the answer first: the title; per FID protocol the verdict sentences,
+the results table (the report's first table), the FID-against-epoch figure and the rest of the
+evidence (analysis/sections/results.py); training; samples; then what every number was made
+with, the runs, missing pieces and warnings (analysis/sections/appendix.py). The pipeline
+behind it: load -> stats -> tables and figures -> sections -> report.md and report.html (page).
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from explore.core.errors import UserError
 
-from .appendix import Appendix, appendix_lines
-from .environments import mixed_environment_warnings
-from .figures import FID_SCALES
-from .html import write_html
+from .figures.style import FID_SCALES
 from .load import Study, dedupe_networks, load_study
-from .missing import find_missing, find_warnings
-from .samples import samples_section
-from .sections import SPLIT_NOTE, results_section, slug, training_section
-from .tables import summarize
+from .page.html import write_html
+from .sections.appendix import Appendix, appendix_lines
+from .sections.files import slug
+from .sections.results import SPLIT_NOTE, results_section
+from .sections.samples import samples_section
+from .sections.training import training_section
+from .stats.coverage import find_missing, find_warnings, mixed_environment_warnings
+from .stats.seeds import summarize
 
 # Named, not __name__: under `python -m` that is "__main__", outside conf/report.yaml's logger.
 log = logging.getLogger("analysis.report")

@@ -1,45 +1,21 @@
-"""Benchmarks of the harness's hot paths against straightforward versions, in one process.
+"""Two measuring programs of the harness, each in its own subpackage, on what they share.
 
-    python -m bench                  # full: the reference model size (minutes on a CPU)
-    python -m bench --quick          # seconds: CI smoke test and laptops
-    python -m bench --device cuda:0 --out bench.json
-    python -m bench --only ema,dp --threads 1
-    python -m bench.ema_overhead     # cost of each extra EMA shadow (ema=multi)
+    python -m bench [--quick] ...     bench.hotpath: the hot paths against naive versions
+    python -m bench.ema_overhead      bench.hotpath.ema_overhead: the cost of each EMA shadow
+    ./scripts/gpu-check               bench.gpu: the one prepared command for a GPU slot
+                                      (`python -m bench.gpu_check`)
 
-Each measurement times the harness and the naive version of the same computation (bench.naive:
-written as the original study wrote it) on the same machine, in the same process, interleaved
-(ABBA order, so that drift and load spikes from other processes hit both alike), and reports the
-median of several repetitions after warm-up, with min and max, and their ratio:
+    bench/
+      __main__.py, ema_overhead.py, gpu_check.py    the `python -m` entry points, thin
+      hotpath/   the benchmarks: config and presets, cases_* (one per section), naive (the
+                 reference implementations they, and the tests, compare against), report,
+                 run (run_bench and the command line), ema_overhead
+      gpu/       the GPU check: context (what a step gets and returns), plan (what each device
+                 measures), correctness, resume + child, throughput, projection, pool (the five
+                 steps), report (the Markdown), check (the budget, the steps, the files), cli
+      common/    what both measure with: timing and memory, the machine record, model sizes,
+                 the harness's training step, the number format
 
-- ema: one EMA update of the LIFT model (`explore.ema.EMA.update` vs a per-parameter update that
-  allocates new tensors), and the update's share of one full training step;
-- train: training-step throughput of Baseline and LIFT, harness defaults (explore.train.train_step
-  + EMA) vs a plain fp32 loop, and each speed option of the training config (trainer.precision=bf16,
-  trainer.channels_last, optim.optimizer.fused, trainer.compile) against the harness defaults;
-- heatmap: the error heatmap (explore.lift.heatmap) vs the per-cell, per-scale, per-probe jvp loop;
-- dp: the DP path (explore.lift.dp_path) vs four nested loops, and whether path and cost are
-  identical;
-- sampling: 18-step DDIM throughput of both models (explore.nets.sampling vs a per-step loop).
-
-A ratio is always "how many times faster the harness is": naive time / harness time, or harness
-images/s / naive images/s. Output: a Markdown table on the terminal and, with --out, JSON with the
-machine, torch version, device, every figure and every ratio (`bench.run.run_bench` returns the
-same dict).
-
-On a CPU the full preset scales what would take hours down, and says so in each row: the training
-batch is small, the heatmap is measured on a smaller model and grid (plus one grid cell at the
-reference size), and torch.compile is skipped unless --compile is given (compiling the UNet on a
-CPU takes minutes and is not what a CPU run would use).
-
-Modules: config (sizes, BenchConfig, presets), timing (round-robin timing, memory, machine),
-cases_* (one per section; harness_trainer builds the harness's training step), report (targets
-and Markdown), run (run_bench and the command line), naive (the reference implementations, also
-used by the tests), ema_overhead (its own command).
-
-`python -m bench.gpu_check` (`./scripts/gpu-check`) is the one prepared command for a GPU slot:
-correctness on CUDA, a killed-and-resumed training, throughput at the reference size, the
-study's projected cost and the two-GPU pool, within a time budget (gpu_check: the command line,
-the budget and the report files; gpu_plan: what each device measures; gpu_correctness,
-gpu_resume + gpu_child, gpu_throughput, gpu_projection, gpu_pool: the five steps; gpu_report:
-the Markdown).
+Imports point down: the entry points -> hotpath | gpu -> common -> explore (and launch, whose
+device pool the GPU check runs); hotpath and gpu never import each other.
 """

@@ -1,7 +1,7 @@
-"""`python -m bench`: see the package docstring and `python -m bench --help`."""
+"""`python -m bench`: the hot-path benchmarks (bench.hotpath; see `python -m bench --help`)."""
 
 import sys
 
-from .run import main
+from .hotpath.run import main
 
 sys.exit(main())

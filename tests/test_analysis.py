@@ -21,7 +21,8 @@ from synthetic_runs import EPOCHS, known_fid, write_run, write_study
 from analysis.figures import ema_figure, fid_figure, training_figure
 from analysis.load import NoRunsFoundError, dedupe_networks, ema_diagnostics, load_study
 from analysis.report import FormatError, make_report
-from analysis.tables import latex_by_hand, results_table, summarize, to_latex
+from analysis.stats import summarize
+from analysis.tables import latex_by_hand, results_table, to_latex
 
 REPO = Path(__file__).resolve().parents[1]
 INCEPTION = "inception-v3-compat"

@@ -366,7 +366,7 @@ def test_validation(bad, match):
 
 
 def test_overhead_bench_times_bema_against_an_ema():
-    from bench.ema_overhead import bema_table, measure_bema
+    from bench.hotpath.ema_overhead import bema_table, measure_bema
 
     r = measure_bema(Net(), 3, torch.device("cpu"))
     assert r["bema_mb"] == pytest.approx(3 * r["ema_mb"]) and r["bema_best_ms"] > 0

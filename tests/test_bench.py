@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import EMA_DECAY, KINDS, SCHEMA, SECTIONS, BenchConfig, ModelSize, preset_config
-from bench.report import markdown, targets
-from bench.run import config_from_args, main, parse_args, run_bench
+from bench.common.sizes import ModelSize
+from bench.common.training import EMA_DECAY
+from bench.hotpath.config import KINDS, SCHEMA, SECTIONS, BenchConfig, preset_config
+from bench.hotpath.report import markdown, targets
+from bench.hotpath.run import config_from_args, main, parse_args, run_bench
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,7 +160,7 @@ def test_sampling_section(result):
 
 
 # target -> (where its figure is in the JSON, comparison, threshold, the device it is judged on);
-# written out here, independently of bench.report.targets, to recompute every `holds`
+# written out here, independently of bench.hotpath.report.targets, to recompute every `holds`
 RULES = {
     "EMA update vs naive (CPU)": (("ema", "ratio"), ">=", 4, "cpu"),
     "EMA share of a training step": (("ema", "step_share_percent"), "<", 3, None),

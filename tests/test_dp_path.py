@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.naive import naive_optimal_path
+from bench.hotpath.naive import naive_optimal_path
 from explore.lift.dp_path import (
     check_path,
     fractional_grid_index,

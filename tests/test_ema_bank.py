@@ -246,7 +246,7 @@ def test_evaluate_scores_every_decay_with_guard(run_copy, tmp_path, caplog):
 
 
 def test_overhead_module_measures_time_and_memory():
-    from bench.ema_overhead import measure_bank, measure_memory, table
+    from bench.hotpath.ema_overhead import measure_bank, measure_memory, table
 
     model, cpu = Net(), torch.device("cpu")
     shadow_mib, _ = measure_memory(model, 2, cpu)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.gpu_projection import Protocol, makespan, project, study_protocol
+from bench.gpu.projection import Protocol, makespan, project, study_protocol
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -230,8 +230,10 @@ def _gpu_like_context(tmp_path, number: int):
 
     import torch
 
-    from bench.gpu_check import Check, StepContext, parse_args
-    from bench.gpu_plan import make_plan
+    from bench.gpu.check import Check
+    from bench.gpu.cli import parse_args
+    from bench.gpu.context import StepContext
+    from bench.gpu.plan import make_plan
 
     args = parse_args(["--device", "cpu", "--out", str(tmp_path), "--budget-s", "300"])
     args.gpu_counts = [1, 2]
@@ -242,7 +244,7 @@ def _gpu_like_context(tmp_path, number: int):
 
 
 def test_gpu_branch_of_correctness_also_compares_with_tf32_off(tmp_path):
-    from bench.gpu_correctness import step_correctness
+    from bench.gpu.correctness import step_correctness
 
     ctx = _gpu_like_context(tmp_path, 1)
     status, verdict = step_correctness(ctx)
@@ -254,7 +256,7 @@ def test_gpu_branch_of_correctness_also_compares_with_tf32_off(tmp_path):
 @pytest.mark.slow
 def test_gpu_branch_of_resume_runs_twice_more_to_tell_nondeterminism_from_the_resume(
         tmp_path, monkeypatch):
-    from bench import gpu_resume
+    from bench.gpu import resume as gpu_resume
 
     real, calls = gpu_resume.compare_states, {"n": 0}
 

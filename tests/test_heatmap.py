@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.naive import naive_error_heatmap
+from bench.hotpath.naive import naive_error_heatmap
 from explore.lift import heatmap as hm_mod
 from explore.lift import heatmap_jvp as jvp_mod
 from explore.lift.dp_path import grid_diagonal, grid_timesteps, optimal_path

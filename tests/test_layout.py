@@ -1,5 +1,7 @@
 """The package's shape (issue 21): the folder tree is the architecture, imports only point down,
-only the entry points read the config, and run folders saved before the move still load."""
+only the entry points read the config, and run folders saved before the move still load. Across
+the repository (explore, bench, analysis, launch, hydra_plugins): no import cycle, no private
+name imported from another module; bench and analysis import down their own pipelines."""
 
 from __future__ import annotations
 
@@ -136,3 +138,132 @@ def test_a_run_folder_saved_before_the_move_evaluates_and_resumes(tiny_cfg, eval
           run)  # the same experiment
     events = json.loads((run / "run.json").read_text())["history"]
     assert [e["event"] for e in events] == ["start", "resume"]
+
+
+# -- the whole repository: no import cycle, no private names across modules ----------------------
+PACKAGES = ("explore", "bench", "analysis", "launch", "hydra_plugins")
+
+
+def _repo_modules() -> dict[str, Path]:
+    return {_module_name(p): p for name in PACKAGES for p in sorted((REPO / name).rglob("*.py"))}
+
+
+def _import_statements(path: Path):
+    """(module, names) of every import in a file, anywhere in it (in functions too): `import a.b`
+    gives ("a.b", []), `from .x import y` the absolute module and ["y"]."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, []
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            yield base, [a.name for a in node.names]
+
+
+def _module_edges(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The repository's modules a file imports: `from p import m` is an edge to the module p.m
+    where there is one, else to p; `import a.b.c` to the longest of a.b.c, a.b, a that is one."""
+    out = set()
+    for base, names in _import_statements(path):
+        if not names:
+            parts = base.split(".")
+            out.update(next(([".".join(parts[:k])] for k in range(len(parts), 0, -1)
+                             if ".".join(parts[:k]) in modules), []))
+        for name in names:
+            target = f"{base}.{name}" if f"{base}.{name}" in modules else base
+            out.update([target] if target in modules else [])
+    return out - {_module_name(path)}
+
+
+def test_no_import_cycle_anywhere_in_the_repository():
+    """explore, bench, analysis, launch and hydra_plugins together, in-function imports
+    included: a module never needs itself, however far round."""
+    modules = _repo_modules()
+    graph = {m: _module_edges(p, modules) for m, p in modules.items()}
+    done: set[str] = set()
+
+    def visit(m, stack):
+        assert m not in stack, "import cycle: " + " -> ".join([*stack[stack.index(m):], m])
+        if m in done:
+            return
+        for d in sorted(graph[m]):
+            visit(d, [*stack, m])
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """A name starting with `_` is its module's own: `from x import _name` (or `import x._y`)
+    is a sign that the name belongs elsewhere."""
+    found = []
+    for module, path in _repo_modules().items():
+        for base, names in _import_statements(path):
+            if base == "__future__":
+                continue
+            private = [n for n in names if n.startswith("_")]
+            private += [base] if any(p.startswith("_") for p in base.split(".")) else []
+            found += [f"{module}: from {base} import {n}" for n in private]
+    assert not found, found
+
+
+def _part(module: str, package: str) -> str:
+    """The subpackage (or top-level module) of `package` a module belongs to: "stats" for
+    analysis.stats.seeds, "report" for analysis.report, "" for the package itself."""
+    rest = module[len(package):].lstrip(".")
+    return rest.split(".")[0].removeprefix("__main__")
+
+
+# what each part of analysis/ and bench/ may import of its own package (besides itself)
+ANALYSIS_MAY_IMPORT = {"load": set(), "stats": {"load"}, "tables": {"load", "stats"},
+                       "figures": {"load", "stats"},
+                       "sections": {"load", "stats", "tables", "figures"}, "page": set(),
+                       "report": {"load", "stats", "tables", "figures", "sections", "page"},
+                       "": {"load", "stats", "tables", "figures", "sections", "page", "report"}}
+BENCH_MAY_IMPORT = {"common": set(), "hotpath": {"common"}, "gpu": {"common"},
+                    "": {"hotpath", "gpu"}, "gpu_check": {"gpu"}, "ema_overhead": {"hotpath"}}
+
+
+@pytest.mark.parametrize("package, may_import", [("analysis", ANALYSIS_MAY_IMPORT),
+                                                 ("bench", BENCH_MAY_IMPORT)])
+def test_analysis_and_bench_import_down_their_pipeline(package, may_import):
+    """analysis: load -> stats -> tables, figures -> sections -> page, report; bench: the entry
+    points -> hotpath | gpu (never each other) -> common."""
+    modules = _repo_modules()
+    for module, path in modules.items():
+        if module.split(".")[0] != package:
+            continue
+        part = _part(module, package)
+        for dep in _module_edges(path, modules):
+            if dep.split(".")[0] == package and _part(dep, package) != part:
+                assert _part(dep, package) in may_import[part], f"{module} imports {dep}"
+
+
+def test_analysis_function_names_are_unique():
+    """One name, one function: a reader who greps a name finds the one it means."""
+    seen: dict[str, str] = {}
+    for module, path in _repo_modules().items():
+        if not module.startswith("analysis"):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                assert node.name not in seen, f"{node.name}: {seen.get(node.name)} and {module}"
+                seen[node.name] = module
+
+
+def test_experiment_presets_do_not_read_study_keys_and_study_presets_share_a_base():
+    """A study preset says what its study does under an experiment
+    (conf/study/experiment/<experiment>/<study>.yaml); an experiment preset never reads it back."""
+    conf = REPO / "conf"
+    for path in (conf / "experiment").glob("*.yaml"):
+        text = path.read_text()
+        assert "${oc.select:study." not in text and "${study." not in text, path
+    for name in ("ema_vs_raw", "ema_length"):
+        preset = yaml.safe_load((conf / "study" / f"{name}.yaml").read_text())
+        assert preset["defaults"][0] == "base", name

@@ -78,7 +78,7 @@ def test_every_command_of_the_readme_composes(cmd):
         parse_args(args)
         return
     if module == "bench" or module.startswith("bench."):
-        from bench.run import parse_args
+        from bench.hotpath.run import parse_args
 
         if module == "bench":
             parse_args(args)

@@ -14,11 +14,19 @@ import pytest
 from matplotlib.figure import Figure
 from synthetic_runs import known_fid, write_length_study, write_run, write_study
 
-from analysis import ema_length as length
-from analysis.figures import ema_figure, fid_figure, fid_log_scale, star_shifts, training_figure
+from analysis.figures import (
+    ema_figure,
+    fid_figure,
+    fid_length_figure,
+    fid_log_scale,
+    star_shifts,
+    training_figure,
+)
 from analysis.load import dataset_label, dedupe_networks, ema_diagnostics, load_study
 from analysis.report import make_report
-from analysis.tables import summarize
+from analysis.stats import summarize
+from analysis.stats.lengths import length_summary, mark_tracked
+from analysis.tables import length_table
 
 EPOCHS = (200, 400, 600, 800)
 SIGMAS = (0.02, 0.04, 0.07, 0.12, 0.25)
@@ -178,11 +186,11 @@ def length_study(tmp_path_factory) -> Path:
 def _lengths(study_dir: Path) -> pd.DataFrame:
     study = load_study(study_dir)
     summary = summarize(dedupe_networks(study.fid))
-    return length.mark_tracked(length.length_summary(summary, study.fid), study.runs)
+    return mark_tracked(length_summary(summary, study.fid), study.runs)
 
 
 def test_length_table_picks_the_lowest_fid_length(length_study):
-    table = length.length_table(_lengths(length_study))
+    table = length_table(_lengths(length_study))
     for series in ("Baseline", "LIFT DP-Total"):
         rows = table.loc[series]
         got = {int(e): float(s) for e, s in zip(rows["epoch"], rows["best σrel"])}
@@ -195,7 +203,7 @@ def test_length_table_picks_the_lowest_fid_length(length_study):
 
 def test_fid_length_figure_draws_raw_at_the_left_edge(length_study):
     lengths = _lengths(length_study)
-    fig = length.fid_length_figure(lengths, "t")
+    fig = fid_length_figure(lengths, "t")
     ax = fig.axes[0]
     raw_x = [x for line in ax.get_lines() if line.get_marker() == "X" for x in line.get_xdata()]
     # left of every length drawn (the fixed decay's σrel shrinks below SIGMAS late on)

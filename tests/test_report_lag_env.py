@@ -19,11 +19,13 @@ import pandas as pd
 import pytest
 from synthetic_runs import write_run
 
-from analysis import ema_length as length
-from analysis.lag import lag_table, lag_verdicts
+from analysis.figures import fid_length_figure
 from analysis.load import dedupe_networks, load_study
 from analysis.report import make_report
-from analysis.tables import summarize
+from analysis.sections.verdicts import lag_verdicts
+from analysis.stats import summarize
+from analysis.stats.lengths import length_summary, mark_tracked
+from analysis.tables import NO_LENGTH, lag_table
 from explore.run.folder import FID_FILE, RUN_FILE
 
 EPOCHS = (1, 2, 3, 4, 5, 6)
@@ -104,7 +106,7 @@ def test_report_has_the_lag_section_and_bema_on_the_length_figure(lag_study, tmp
     assert (tmp_path / "report" / "bema_lag.png").is_file()
     assert (tmp_path / "report" / "bema_lag.csv").is_file()
     # the one EMA-length table lists BEMA with no length
-    assert length.NO_LENGTH in text
+    assert NO_LENGTH in text
     assert text.index("### Results") < text.index("### BEMA and the EMA's lag") \
         < text.index("## Protocol")
 
@@ -112,8 +114,8 @@ def test_report_has_the_lag_section_and_bema_on_the_length_figure(lag_study, tmp
 def test_length_figure_marks_bema_as_its_own_method(lag_study):
     summary = _summary(lag_study)
     study = load_study(lag_study, None)
-    lengths = length.mark_tracked(length.length_summary(summary, study.fid), study.runs)
-    fig = length.fid_length_figure(lengths, "FID vs EMA length")
+    lengths = mark_tracked(length_summary(summary, study.fid), study.runs)
+    fig = fid_length_figure(lengths, "FID vs EMA length")
     markers = [line.get_marker() for ax in fig.axes for line in ax.lines]
     assert ">" in markers  # BEMA's triangle at the right edge
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]

@@ -21,18 +21,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image, ImageDraw
 from synthetic_runs import known_fid, write_length_study, write_study
 
-from analysis import ema_length as length
-from analysis.figures import ema_figure, fid_figure, prc_figure, training_figure
-from analysis.html import markdown_to_html
-from analysis.load import dedupe_networks, ema_diagnostics, load_study
-from analysis.overfitting import (
+from analysis.figures import (
+    best_length_figure,
+    ema_figure,
+    fid_figure,
+    fid_length_figure,
     heldout_figure,
-    heldout_frame,
     memorization_figure,
-    memorization_summary,
+    prc_figure,
+    training_figure,
 )
+from analysis.load import dedupe_networks, ema_diagnostics, load_study
+from analysis.page.html import markdown_to_html
 from analysis.report import make_report
-from analysis.tables import GAIN_COLUMN, summarize
+from analysis.stats import summarize
+from analysis.stats.lengths import best_lengths, length_summary, mark_tracked
+from analysis.stats.overfitting import heldout_frame, memorization_summary
+from analysis.tables import BEST_MARK, GAIN_COLUMN, LENGTH_COLUMNS
 
 EPOCHS = (200, 400, 600, 800)
 SIGMAS = (0.02, 0.04, 0.07, 0.12, 0.25)
@@ -218,7 +223,7 @@ def test_ema_lengths_are_one_table(length_study, tmp_path):
     assert f"| {GAIN_COLUMN} |" in tables[0][0]  # still the results table first
     one = pd.read_csv(out / "results_by_length.csv", index_col=0, dtype=str,
                       keep_default_na=False)
-    assert list(one.columns) == length.LENGTH_COLUMNS
+    assert list(one.columns) == LENGTH_COLUMNS
     baseline = one.loc["Baseline"]
     # raw, the fixed decay and every length, ordered by σrel at the final epoch
     assert baseline["Weights"].iloc[0] == "raw"
@@ -226,8 +231,8 @@ def test_ema_lengths_are_one_table(length_study, tmp_path):
     assert "EMA 0.999" in names and len(names) == 2 + len(SIGMAS)
     sigmas = [float(s) for s in baseline["σrel"] if s]
     assert sigmas == sorted(sigmas)
-    best = baseline[baseline["Weights"].str.endswith(length.BEST_MARK)]
-    assert list(best["Weights"]) == [f"post-hoc EMA σrel 0.07 (tracked) {length.BEST_MARK}"]
+    best = baseline[baseline["Weights"].str.endswith(BEST_MARK)]
+    assert list(best["Weights"]) == [f"post-hoc EMA σrel 0.07 (tracked) {BEST_MARK}"]
     raw_best = known_fid("baseline", "ddim", "raw", 200)
     assert best["Best FID"].item() == f"{raw_best - 4:.2f} @ 200ep"
     assert best[f"{GAIN_COLUMN} at best"].item() == "-4.00"
@@ -269,9 +274,9 @@ def test_figure_titles_fit_on_one_line(two_runs, length_study):
                     memorization_figure(memorization_summary(study.fid),
                                         "Memorisation vs epoch")]
     # the last study has EMA lengths
-    lengths = length.mark_tracked(length.length_summary(summary, study.fid), study.runs)
-    figures += [length.fid_length_figure(lengths, "FID vs EMA length"),
-                length.best_length_figure(length.best_lengths(lengths))]
+    lengths = mark_tracked(length_summary(summary, study.fid), study.runs)
+    figures += [fid_length_figure(lengths, "FID vs EMA length"),
+                best_length_figure(best_lengths(lengths))]
     figures = [f for f in figures if f is not None]
     assert len(figures) >= 10
     assert [bad for f in figures for bad in _title_overflows(f)] == []

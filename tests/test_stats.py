@@ -1,6 +1,6 @@
-"""Intervals of paired EMA - raw differences (analysis/stats.py): the t quantile without scipy,
-coverage of a zero difference, exclusion of a large one, for the t-interval over seeds and for
-the bootstrap over generated images' features."""
+"""Intervals of paired EMA - raw differences (analysis/stats/intervals.py): the t quantile
+without scipy, coverage of a zero difference, exclusion of a large one, for the t-interval over
+seeds and for the bootstrap over generated images' features."""
 
 from __future__ import annotations
 

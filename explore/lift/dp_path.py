@@ -11,11 +11,12 @@ log-SNR, per scale:
 
 and `optimal_path` minimises the summed cost.
 
-Tie-break (shared bit for bit with `bench.naive.naive_optimal_path`): when several predecessors of
-a cell give exactly the same float cost, the one that is smallest in lexicographic (i, j) order
-wins. This is what the study's forward-relaxation loop (sources in ascending (i, j) order, update on
-a strict `<`) did. Both implementations also add the two scale terms to the running cost in the
-same order, `(D + c64) + c32`, so their float costs, and hence their paths, are identical.
+Tie-break (shared bit for bit with `bench.hotpath.naive.naive_optimal_path`): when several
+predecessors of a cell give exactly the same float cost, the one that is smallest in
+lexicographic (i, j) order wins. This is what the study's forward-relaxation loop (sources in
+ascending (i, j) order, update on a strict `<`) did. Both implementations also add the two scale
+terms to the running cost in the same order, `(D + c64) + c32`, so their float costs, and hence
+their paths, are identical.
 """
 
 from __future__ import annotations

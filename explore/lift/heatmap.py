@@ -121,7 +121,7 @@ class Heatmap:
 
 
 # ------------------------------------------------------------------------------------------------
-# pieces shared with bench.naive.naive_error_heatmap
+# pieces shared with bench.hotpath.naive.naive_error_heatmap
 # ------------------------------------------------------------------------------------------------
 
 
