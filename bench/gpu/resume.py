@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import os
 import shutil
@@ -121,6 +122,23 @@ def train_overrides(plan, device) -> list[str]:
             "trainer.sample_steps=4", "trainer.sample_images=16"]
 
 
+def run_training(ctx, work: Path, overrides: list[str], env: dict, name: str,
+                 extra: list[str] = (), die: int | None = None, run: str | None = None
+                 ) -> tuple[Path, int]:
+    """One training process (bench.gpu.child) in `work/<run or name>`, its output in
+    `work/<name>.log`: (its run folder, its exit status)."""
+    run_dir = work / (run or name)
+    cmd = [sys.executable, "-m", "bench.gpu.child", str(run_dir), "--warnings",
+           str(work / "nondeterministic-ops.txt")]
+    if die is not None:
+        cmd += ["--die-after-step", str(die)]
+    cmd += ["--", *overrides, *extra]
+    ctx.log(f"training '{name}' ...")
+    record = ctx.result.setdefault("processes", {}).setdefault(name, {})
+    code, _ = run_process(cmd, work / f"{name}.log", ctx, f"training '{name}'", env, record)
+    return run_dir, code
+
+
 def step_resume(ctx) -> Outcome:
     plan, res = ctx.plan, ctx.result
     work = ctx.out / "work" / "resume"
@@ -140,18 +158,7 @@ def step_resume(ctx) -> Outcome:
                              + env["CUBLAS_WORKSPACE_CONFIG"],
                folder=str(work))
     warn_file = work / "nondeterministic-ops.txt"
-
-    def train(name: str, extra: list[str] = (), die: int | None = None, run: str | None = None):
-        run_dir = work / (run or name)
-        cmd = [sys.executable, "-m", "bench.gpu.child", str(run_dir), "--warnings",
-               str(warn_file)]
-        if die is not None:
-            cmd += ["--die-after-step", str(die)]
-        cmd += ["--", *overrides, *extra]
-        ctx.log(f"training '{name}' ...")
-        record = res.setdefault("processes", {}).setdefault(name, {})
-        code, _ = run_process(cmd, work / f"{name}.log", ctx, f"training '{name}'", env, record)
-        return run_dir, code
+    train = functools.partial(run_training, ctx, work, overrides, env)
 
     ctx.need(20, "three smoke trainings")
     straight, code = train("straight")
@@ -187,7 +194,7 @@ def step_resume(ctx) -> Outcome:
                                  f"{res['killed_at']['batch']}) and resumed: final weights, EMA "
                                  f"and AdamW moments bitwise equal to the uninterrupted run")
     elif plan.cuda:
-        status, verdict = _cuda_floor(ctx, res, cmp, train, straight)
+        status, verdict = cuda_floor(ctx, res, cmp, train, straight)
     else:
         status, verdict = "fail", (f"resumed run differs from the uninterrupted one on the CPU "
                                    f"(max |diff| {cmp['max_abs_diff']:.2e}): the bitwise resume "
@@ -204,7 +211,7 @@ def step_resume(ctx) -> Outcome:
     return ("warn" if "warn" in (status, ev_status) else "ok"), verdict
 
 
-def _cuda_floor(ctx, res, cmp, train, straight) -> Outcome:
+def cuda_floor(ctx, res, cmp, train, straight) -> Outcome:
     """Not bitwise on the GPU: do two uninterrupted runs differ too?"""
     ops = res["nondeterministic_ops"]
     said = (f"; operations without a deterministic CUDA kernel: {len(ops)}" if ops else

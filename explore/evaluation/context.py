@@ -59,7 +59,8 @@ class EvalContext:
         """The columns that identify one measurement (explore.run.results.FID_KEY)."""
         return {"epoch": epoch, "weights": weights, "path": path, "sample_seed": int(seed),
                 "num_steps": int(self.e.num_steps), "num_images": self.num_images,
-                "extractor": self.extractor, "schedule": self.schedule.name,
+                "extractor": self.extractor,
+                "extractor_weights": self.features.weights_id, "schedule": self.schedule.name,
                 "final_step": str(self.e.final_step), "subset_seed": self.subset_seed}
 
     def missing(self, row: dict | None) -> list[str]:

@@ -6,18 +6,20 @@ from the features are explore.evaluation.metrics: the one path every FID takes.
 Extractors (`EXTRACTORS`, name -> feature width):
 
 * ``inception-v3-compat`` (2048-d): torch-fidelity's standard FID network, the study's protocol
-  (STUDY.md "FID protocol"). It needs the weights file torch-fidelity fetches from GitHub; offline,
-  pass ``weights_path`` or put the file in torch hub's checkpoint folder. A missing file raises
-  `FidWeightsMissing` *before* any work, with the URL and the destination in its message.
+  (STUDY.md "FID protocol"). Its weights: ``weights_path`` when given, torch-fidelity's own file
+  when it is in torch hub's checkpoint folder, else the same network from the package index
+  (explore.evaluation.inception), fetched once into the cache; never a download from GitHub.
+  When none can be had, `FidWeightsMissing` is raised *before* any work, saying how to get one.
 * ``randconv-256`` (256-d): a fixed random-weight conv net needing no file
   (explore/evaluation/extractors.py). Numbers from it are NOT comparable with Inception FID.
 
 Caching: torch-fidelity keys its statistics cache on the cache name and the extractor only, not
-on the images, their size or their count, so stale statistics would be reused silently. Callers
-name the real set's entry with `real_stats_name(dataset_id, resolution, extractor, count)`, which
-puts all of those in the name. The generated set is never cached. torch-fidelity writes two
-files per entry in ``cache_root``: the statistics and the raw features (N x dim floats; ~130 MB
-for 15,803 Inception features); later calls read only the statistics.
+on the images, their size, their count or the extractor's weights, so stale statistics would be
+reused silently. Callers name the real set's entry with `real_stats_name(dataset_id, resolution,
+extractor, count, weights)`, which puts all of those in the name. The generated set is never
+cached. torch-fidelity writes two files per entry in ``cache_root``: the statistics and the raw
+features (N x dim floats; ~130 MB for 15,803 Inception features); later calls read only the
+statistics.
 
 Sample counts: FID is biased by the sample count; compare only numbers made with the same count
 and extractor. Below `min_stable_count(extractor)` samples the covariance is rank-deficient.
@@ -30,8 +32,6 @@ import glob
 import hashlib
 import os
 import re
-import socket
-import urllib.error
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -45,11 +45,18 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
 from explore.core.errors import UserError
+from explore.core.packages import PackagedFileError, sha256_of
 from explore.evaluation.extractors import RANDCONV_DIM, RANDCONV_NAME
+from explore.evaluation.inception import (
+    CONVERTED_NAME,
+    FID_NETWORK,
+    WEIGHTS_ID,
+    converted_weights,
+)
 
 INCEPTION_NAME = "inception-v3-compat"
 EXTRACTORS: dict[str, int] = {INCEPTION_NAME: 2048, RANDCONV_NAME: RANDCONV_DIM}
-_PROBE_TIMEOUT_S = 3.0  # how long to wait for a TCP connection to the weights' host
+INCEPTION_FETCH = FID_NETWORK.fetch_command
 
 
 class FidWeightsMissing(UserError):
@@ -102,8 +109,10 @@ def _filename_safe(text: str, max_len: int = 80) -> str:
     return safe
 
 
-def real_stats_name(dataset_id: str, resolution: int, extractor: str, count: int) -> str:
-    """Cache name for a real set's statistics, unique per (dataset, resolution, extractor, count).
+def real_stats_name(dataset_id: str, resolution: int, extractor: str, count: int,
+                    weights: str = "") -> str:
+    """Cache name for a real set's statistics, unique per (dataset, resolution, extractor, count,
+    extractor weights: `weights_id`, "" for an extractor without a weights file).
 
     `dataset_id` must identify the images' content (e.g. a folder path plus a split, or include
     `content_digest(images)`): the cache cannot tell two sets with the same name apart.
@@ -111,7 +120,8 @@ def real_stats_name(dataset_id: str, resolution: int, extractor: str, count: int
     check_extractor(extractor)
     if resolution <= 0 or count <= 0:
         raise ValueError(f"resolution and count must be positive, got {resolution}, {count}")
-    return f"{_filename_safe(dataset_id)}-{resolution}px-n{count}-{extractor}"
+    tag = f"-w{hashlib.sha1(weights.encode()).hexdigest()[:8]}" if weights else ""
+    return f"{_filename_safe(dataset_id)}-{resolution}px-n{count}-{extractor}{tag}"
 
 
 def content_digest(images: torch.Tensor) -> str:
@@ -150,27 +160,15 @@ def inception_hub_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / inception_weights_filename()
 
 
-def _url_reachable(url: str, timeout: float = _PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the URL's host opens within `timeout` seconds.
-
-    Offline machines usually fail at name resolution (milliseconds); this spares torch.hub's own,
-    much longer network timeout.
-    """
-    parsed = urllib.parse.urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def weights_missing_message(reason: str) -> str:
     dest = inception_hub_file()
     return (
         f"{reason}\n"
-        f"Download\n    {URL_INCEPTION_V3}\n"
-        f"and either put it at\n    {dest}\n"
+        f"Fetch the FID network once from the package index (87 MB; on a node without internet, "
+        f"where the index is reachable, with EMA_STUDY_CACHE on a shared file system):\n"
+        f"    {INCEPTION_FETCH}\n"
+        f"or download torch-fidelity's own file\n    {URL_INCEPTION_V3}\n"
+        f"and put it at\n    {dest}\n"
         f"(torch hub's checkpoint folder; it moves with $TORCH_HOME), or pass its path as\n"
         f"    eval.fid.weights_path=/path/to/{inception_weights_filename()}\n"
         f"Without Inception, extractor {RANDCONV_NAME!r} needs no file (its FID is not comparable "
@@ -178,12 +176,11 @@ def weights_missing_message(reason: str) -> str:
     )
 
 
-def resolve_inception_weights(weights_path: str | os.PathLike | None) -> str | None:
-    """The weights file to hand torch-fidelity, checked before any work is done.
-
-    Returns the given file, else the one in torch hub's cache, else None when the download host
-    answers (torch-fidelity then downloads into the hub cache). Raises FidWeightsMissing otherwise.
-    """
+def resolve_inception_weights(weights_path: str | os.PathLike | None) -> str:
+    """The weights file to hand torch-fidelity, found before any work is done: the given file,
+    else torch-fidelity's own file in torch hub's cache, else the FID network from the package
+    index (explore.evaluation.inception: fetched once when missing). Never a download from
+    GitHub. Raises FidWeightsMissing when none can be had."""
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
@@ -194,14 +191,21 @@ def resolve_inception_weights(weights_path: str | os.PathLike | None) -> str | N
     cached = inception_hub_file()
     if cached.is_file():
         return str(cached)
-    if _url_reachable(URL_INCEPTION_V3):
-        return None
-    raise FidWeightsMissing(
-        weights_missing_message(
-            f"Inception-v3 FID weights are not in torch hub's cache ({cached}) and "
-            f"{urllib.parse.urlparse(URL_INCEPTION_V3).hostname} cannot be reached."
-        )
-    )
+    try:
+        return str(converted_weights())
+    except PackagedFileError as err:
+        raise FidWeightsMissing(weights_missing_message(str(err))) from None
+
+
+def weights_id(extractor: str, weights: str | None) -> str:
+    """What fid.csv's `extractor_weights` says of the weights a row was made with: the packaged
+    FID network's id, else the first 12 hex digits of the file's sha256; "" for an extractor
+    that has no weights file (randconv-256: fixed by its name)."""
+    if extractor != INCEPTION_NAME or weights is None:
+        return ""
+    if Path(weights).name == CONVERTED_NAME:
+        return WEIGHTS_ID
+    return f"{Path(weights).name}:sha256:{sha256_of(Path(weights))[:12]}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -191,7 +191,8 @@ def prepare(settings: EvalSettings) -> tuple[EvalContext, dict]:
         bootstrap = 0
     features = metriclib.FeatureExtractor(extractor, weights_path=e.fid.weights_path,
                                           device=str(device), batch_size=int(e.fid.batch_size))
-    real_name = fidlib.real_stats_name(data.name, data.image_size, extractor, len(real))
+    real_name = fidlib.real_stats_name(data.name, data.image_size, extractor, len(real),
+                                       features.weights_id)
     info = read_run_info(run.path)
     if info is None:  # a lone checkpoint: its output folder becomes a run for the analysis
         info = checkpoint_info(run, last, data, max(ep for ep, _ in checkpoints))
@@ -209,7 +210,8 @@ def prepare(settings: EvalSettings) -> tuple[EvalContext, dict]:
                                    progress=progress),
         train_set=(metriclib.RealSet(  # the same set when every training image is real
             features, data.images, fidlib.real_stats_name(data.name, data.image_size, extractor,
-                                                          len(data)), e.fid.cache_root,
+                                                          len(data), features.weights_id),
+            e.fid.cache_root,
             progress=progress) if len(real) < len(data) else None),
         logger=run_loggers(run.path), environment=describe_environment(device),
         unreadable=unreadable)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import urllib.error
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -79,7 +78,6 @@ from torch_fidelity.utils import (
 from explore.core.files import atomic_write
 from explore.evaluation.features import (
     INCEPTION_NAME,
-    FidWeightsMissing,
     LazyBar,
     UInt8Images,
     check_extractor,
@@ -88,7 +86,7 @@ from explore.evaluation.features import (
     feature_layer,
     one_blas_thread,
     resolve_inception_weights,
-    weights_missing_message,
+    weights_id,
 )
 
 log = logging.getLogger("explore.evaluate")
@@ -129,6 +127,7 @@ class FeatureExtractor:
         self.name = check_extractor(name)
         self.layer = feature_layer(name)
         self.weights = resolve_inception_weights(weights_path) if name == INCEPTION_NAME else None
+        self.weights_id = weights_id(name, self.weights)  # fid.csv's extractor_weights
         self.device, self.batch_size = device, int(batch_size)
         self.cuda, _ = device_context(device)
         self._net = None
@@ -143,14 +142,8 @@ class FeatureExtractor:
     def net(self):
         if self._net is None:
             _, on_device = device_context(self.device)
-            try:
-                with on_device:
-                    self._net = create_feature_extractor(self.name, [self.layer], **self.kwargs())
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if self.weights is not None or self.name != INCEPTION_NAME:
-                    raise
-                message = weights_missing_message(f"Download failed: {err}")
-                raise FidWeightsMissing(message) from err
+            with on_device:
+                self._net = create_feature_extractor(self.name, [self.layer], **self.kwargs())
         return self._net
 
     def __call__(self, images: torch.Tensor, *, progress: bool = False,

@@ -156,26 +156,46 @@ def schedule_of(run_config: dict | None, log=None) -> CosineSchedule:
     return CosineSchedule.named("cosine")
 
 
+def _draw(make, shape: tuple[int, ...], part: tuple[int, int] | None) -> torch.Tensor:
+    """`make(shape)` for these samples; with `part` = (start, total), drawn for all `total`
+    samples of the micro-batch and sliced [start, start + len): a rank of a data-parallel run
+    draws exactly what a one-process run draws for its samples (explore.training.distributed)."""
+    if part is None:
+        return make(shape)
+    start, total = part
+    return make((total, *shape[1:]))[start:start + shape[0]]
+
+
 def baseline_loss(model: nn.Module, schedule: CosineSchedule, x0: torch.Tensor,
-                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """MSE(eps_pred, eps) with t ~ U{0..T-1}."""
+                  generator: torch.Generator | None = None,
+                  part: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """MSE(eps_pred, eps) with t ~ U{0..T-1}. `part`: see `_draw`."""
     b = x0.shape[0]
-    t = torch.randint(0, schedule.num_steps, (b,), device=x0.device, generator=generator)
-    noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+    t = _draw(lambda shape: torch.randint(0, schedule.num_steps, shape, device=x0.device,
+                                          generator=generator), (b,), part)
+    noise = _draw(lambda shape: torch.randn(shape, device=x0.device, generator=generator,
+                                            dtype=x0.dtype), tuple(x0.shape), part)
     eps = model(schedule.q_sample(x0, t, noise), t)
     loss = F.mse_loss(eps.float(), noise)
     return {"loss": loss}
 
 
 def lift_loss(model: nn.Module, schedule: CosineSchedule, x0: torch.Tensor,
-              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """MSE_64 + MSE_32: independent timesteps and noise per scale; x0_32 = downsample(x0_64)."""
+              generator: torch.Generator | None = None,
+              part: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """MSE_64 + MSE_32: independent timesteps and noise per scale; x0_32 = downsample(x0_64).
+    `part`: see `_draw`."""
     b = x0.shape[0]
     x0_lo = downsample(x0)
-    t_hi = torch.randint(0, schedule.num_steps, (b,), device=x0.device, generator=generator)
-    t_lo = torch.randint(0, schedule.num_steps, (b,), device=x0.device, generator=generator)
-    n_hi = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
-    n_lo = torch.randn(x0_lo.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+
+    def steps(shape):
+        return torch.randint(0, schedule.num_steps, shape, device=x0.device, generator=generator)
+
+    def noise(shape):
+        return torch.randn(shape, device=x0.device, generator=generator, dtype=x0.dtype)
+
+    t_hi, t_lo = _draw(steps, (b,), part), _draw(steps, (b,), part)
+    n_hi, n_lo = _draw(noise, tuple(x0.shape), part), _draw(noise, tuple(x0_lo.shape), part)
     eps_hi, eps_lo = model(schedule.q_sample(x0, t_hi, n_hi), schedule.q_sample(x0_lo, t_lo, n_lo),
                            t_hi, t_lo)
     loss_64 = F.mse_loss(eps_hi.float(), n_hi)

@@ -17,13 +17,17 @@ from explore.run.folder import ENVIRONMENTS_FILE_NAME
 
 FID_COLUMNS = ["run", "model", "seed", "ema_decay", "dataset", "image_size", "epoch", "step",
                "weights", "path", "sample_seed", "num_steps", "num_images", "num_real",
-               "subset_seed", "extractor", "schedule", "final_step", "fid", "kid", "kid_std",
+               "subset_seed", "extractor", "extractor_weights", "schedule", "final_step", "fid",
+               "kid", "kid_std",
                "precision", "recall", "memorization", "memorization_px", "ema_share",
                "ema_share_low", "lag_epochs", "sigma_rel", "half_life_kimg", "seconds",
                "boot_seed", "fid_boot", "environment"]
 # `seed` is the training seed (the run's), `sample_seed` the sampling seed of the generated
 # images (eval.seeds); `num_real` real images, a subset of the training images drawn with
 # `subset_seed` (eval.subset_seed; all of them when num_images >= the training set).
+# `extractor_weights`: which weights the extractor ran with (explore.evaluation.features
+# .weights_id: the packaged FID network's id, or a weights file's name and sha256; "" for
+# randconv-256, which has no weights file).
 # `environment`: the id of the software and machine that made the row (explore.run.environment;
 # its record in eval/environments.json).
 # `fid_boot`: bootstrap replicate FIDs over the generated images' features (space-separated;
@@ -34,15 +38,15 @@ FID_COLUMNS = ["run", "model", "seed", "ema_decay", "dataset", "image_size", "ep
 # another extractor, image count, step count, noise schedule, final DDIM step or real subset is
 # another row, never a replacement; so is one made from another sampling seed.
 FID_KEY = ("epoch", "weights", "path", "sample_seed", "num_steps", "num_images", "extractor",
-           "schedule", "final_step", "subset_seed")
+           "extractor_weights", "schedule", "final_step", "subset_seed")
 # the protocol: numbers made under different values of these are never compared (STUDY.md)
-PROTOCOL_COLUMNS = ["dataset", "image_size", "num_images", "num_steps", "extractor", "schedule",
-                    "final_step", "subset_seed"]
+PROTOCOL_COLUMNS = ["dataset", "image_size", "num_images", "num_steps", "extractor",
+                    "extractor_weights", "schedule", "final_step", "subset_seed"]
 # rows written before these columns existed were made with the unclipped cosine schedule, a
 # last DDIM step to alpha_bar 1, and eval.seed 42 (the default), which then also drew the real
 # subset
 LEGACY_VALUES = {"schedule": "cosine", "final_step": "alpha_one", "sample_seed": "42",
-                 "subset_seed": "42"}
+                 "subset_seed": "42", "extractor_weights": ""}
 # eval.metrics -> the columns each fills
 METRIC_COLUMNS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "prc": ("precision", "recall"),
                   "memorization": ("memorization",)}

@@ -11,6 +11,7 @@ it starts or resumes, explore.training.start.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -21,7 +22,6 @@ from pathlib import Path
 import torch
 
 from explore.core.config import build
-from explore.core.devices import resolve_device
 from explore.core.files import atomic_write, fmt_bytes, remove_stale_temporaries
 from explore.nets.data import ImageSet, to_float
 from explore.run import checkpoint as ckpt
@@ -31,6 +31,7 @@ from explore.run.lock import RunLock
 from explore.run.logfile import log_to
 from explore.run.loggers import check_loggers
 from explore.training.disk import check_disk, plan_disk
+from explore.training.distributed import Ranks
 from explore.training.heldout import HeldOutLoss
 from explore.training.preemption import StepBoundary
 from explore.training.settings import TrainSettings
@@ -59,50 +60,56 @@ log = logging.getLogger("explore.train")
 def train(settings: TrainSettings, run_dir: str | Path, command: list[str] | None = None
           ) -> Path:
     """Train (or resume) one run in `run_dir`; returns the run folder. `command`: the
-    overrides it was started with, for the advice of error messages."""
+    overrides it was started with, for the advice of error messages. Started by torchrun (or as
+    SLURM tasks) it trains data-parallel, every rank calling this (explore.training
+    .distributed); rank 0 alone writes the run folder."""
     s = settings
-    run, lock = RunFolder(run_dir), RunLock(RunFolder(run_dir).lock)
-    check_loggers(s.logger)  # an optional package that is missing: the install command
-    lock.check()  # a second writer stops here, before anything is loaded or written
-    device = resolve_device(s.device)
-    seed_everything(s.seed)
-    found, notes = resume_point(s, run)  # (path, state) to continue from, or None
-    data: ImageSet = build(s.data)
+    run = RunFolder(run_dir)
+    ranks, device = Ranks.from_environment(s.device)
+    try:
+        return _train(s, run, ranks, device, command)
+    finally:
+        ranks.close()
+
+
+def _train(s: TrainSettings, run: RunFolder, ranks: Ranks, device: torch.device,
+           command: list[str] | None) -> Path:
+    lock, start = RunLock(run.lock), None
+    try:  # every check before anything is written; on every rank, which all agree to go on
+        check_loggers(s.logger)  # an optional package that is missing: the install command
+        if ranks.main:
+            lock.check()  # a second writer stops here, before anything is loaded or written
+        ranks.check_batch(int(s.trainer.batch_size), int(s.trainer.grad_accum))
+        start = _start(s, run, ranks, device, command)
+    except Exception as error:
+        ranks.agree(error)
+    ranks.agree(None)
+    data, training, state, found, notes, environment, budget = start
     steps_per_epoch, epochs = batches_per_epoch(data, s.trainer.batch_size), s.trainer.epochs
-    training = build_training(s, device, total_steps=epochs * steps_per_epoch)
-    state = restore(training, found, s) if found is not None else RunState()
-    environment = describe_environment(device)  # what makes this start: run.json records it
-    # the Hydra overrides: under a study or SLURM, `command` is submitit's worker, not these
-    environment["overrides"] = list(command or [])
-    budget = check_disk(plan_disk(training, s.checkpoint, run, state.epoch, epochs,
-                                  steps_per_epoch), run)
-    with lock, log_to(run.train_log):  # from here on the run folder is written
-        if lock.describe_takeover():
-            log.warning("%s", lock.describe_takeover())
-        for level, line in budget:
-            log.log(level, line)
-        cleaned, size = remove_stale_temporaries(run.written_folders())
-        if cleaned:
-            log.info("removed %d temporary files (%s) left by an interrupted write", cleaned,
-                     fmt_bytes(size))
-        if found is not None:
-            log.info("resuming %s from %s (epoch %d, step %d%s)", run.path, found[0].name,
-                     state.epoch, state.step, f", batch {state.batch}" if state.batch else "")
-        record_start(state, environment, found, notes)
-        write_run_start(run, s, training, data, steps_per_epoch, state)
+    # from here on rank 0 writes the run folder (holding its lock); the other ranks only train
+    with contextlib.ExitStack() as writing:
+        if ranks.main:
+            writing.enter_context(lock)
+            writing.enter_context(log_to(run.train_log))
+            _write_start(s, run, lock, budget, found, state, environment, notes, training, data,
+                         steps_per_epoch)
         if state.epoch >= epochs:
             log.info("%s is already trained to epoch %d of %d: nothing to do", run.path,
                      state.epoch, epochs)
             return run.path
-        saver, images = Checkpointer(run, training, s), data.images.to(device)
-        heldout = HeldOutLoss.of(data, training)  # with held-out images: overfitting measured
+        saver = Checkpointer(run, training, s, writes=ranks.main)
+        images = data.images.to(device)
+        heldout = HeldOutLoss.of(data, training) if ranks.main else None  # overfitting
         training.model.train()
-        with StepBoundary() as stop, Watch(s, run, training, steps_per_epoch) as watch:
+        watching = Watch(s, run, training, steps_per_epoch) if ranks.main else None
+        with StepBoundary() as stop, watching or contextlib.nullcontext() as watch:
             for epoch in range(state.epoch + 1, epochs + 1):
                 row = train_epoch(training, images, s, epoch, state, saver, stop, command)
                 if heldout is not None:
                     row.update(heldout.metrics())
                 state.end_epoch(epoch, row)
+                if not ranks.main:
+                    continue
                 write_metrics(run.metrics, state.history)
                 log.info("epoch %d/%d  step %d  loss %.4f  %.1f img/s%s", epoch, epochs,
                          state.step, row["loss"], row["images_per_s"],
@@ -111,8 +118,51 @@ def train(settings: TrainSettings, run_dir: str | Path, command: list[str] | Non
                     saver.save_snapshot(state)
                 saver.save_resume(state)
                 watch.end_epoch(epoch, row, state.step)  # loggers; raw-vs-EMA sample grids
+        ranks.barrier()  # every rank ends with the run folder complete
         log.info("done: %s", run.path)
     return run.path
+
+
+def _start(s: TrainSettings, run: RunFolder, ranks: Ranks, device: torch.device,
+           command: list[str] | None):
+    """What the run trains and where it stands, read and built (nothing written)."""
+    seed_everything(s.seed)
+    found, notes = resume_point(s, run)  # (path, state) to continue from, or None
+    data: ImageSet = build(s.data)
+    steps_per_epoch, epochs = batches_per_epoch(data, s.trainer.batch_size), s.trainer.epochs
+    training = build_training(s, device, total_steps=epochs * steps_per_epoch, ranks=ranks)
+    state = restore(training, found, s) if found is not None else RunState()
+    environment = describe_environment(device)  # what makes this start: run.json records it
+    # the Hydra overrides: under a study or SLURM, `command` is submitit's worker, not these
+    environment["overrides"] = list(command or [])
+    if ranks.distributed:
+        environment["ranks"] = ranks.world
+    budget = check_disk(plan_disk(training, s.checkpoint, run, state.epoch, epochs,
+                                  steps_per_epoch), run) if ranks.main else []
+    return data, training, state, found, notes, environment, budget
+
+
+def _write_start(s: TrainSettings, run: RunFolder, lock: RunLock, budget, found, state,
+                 environment: dict, notes: list[str], training: Training, data: ImageSet,
+                 steps_per_epoch: int) -> None:
+    """The first lines of train.log, config.yaml and run.json (rank 0, holding the lock)."""
+    if lock.describe_takeover():
+        log.warning("%s", lock.describe_takeover())
+    for level, line in budget:
+        log.log(level, line)
+    cleaned, size = remove_stale_temporaries(run.written_folders())
+    if cleaned:
+        log.info("removed %d temporary files (%s) left by an interrupted write", cleaned,
+                 fmt_bytes(size))
+    if found is not None:
+        log.info("resuming %s from %s (epoch %d, step %d%s)", run.path, found[0].name,
+                 state.epoch, state.step, f", batch {state.batch}" if state.batch else "")
+    if training.ranks.distributed:
+        log.info("data-parallel over %d ranks (%s): global batch %d, %d per rank",
+                 training.ranks.world, "nccl" if training.device.type == "cuda" else "gloo",
+                 s.trainer.batch_size, s.trainer.batch_size // training.ranks.world)
+    record_start(state, environment, found, notes)
+    write_run_start(run, s, training, data, steps_per_epoch, state)
 
 
 def train_epoch(training: Training, images: torch.Tensor, settings: TrainSettings, epoch: int,
@@ -127,7 +177,7 @@ def train_epoch(training: Training, images: torch.Tensor, settings: TrainSetting
     if state.batch:  # resumed inside this epoch: the noise stream continues where it stopped
         noise_gen.set_state(state.noise_state)
     ema, t0, start = training.ema, time.perf_counter() - state.seconds, state.batch
-    bar = _progress(range(start, steps), epoch, t.epochs, t.progress, steps)
+    bar = _progress(range(start, steps), epoch, t.epochs, t.progress and saver.writes, steps)
     for k in bar:
         batch = to_float(images[perm[k * batch_size:(k + 1) * batch_size]])
         parts = train_step(training, batch, noise_gen)
@@ -139,12 +189,14 @@ def train_epoch(training: Training, images: torch.Tensor, settings: TrainSetting
         state.step, state.batch = state.step + 1, k + 1
         for name, value in parts.items():
             state.sums[name] = state.sums.get(name, 0.0) + value
-        if ema is not None and ema.snapshot_due():  # post-hoc EMA: a snapshot every N steps
+        if ema is not None and ema.snapshot_due() and saver.writes:  # post-hoc EMA snapshots
             ckpt.save_file(ema.snapshot(), saver.run.snapshot(ema.step))
-        if k + 1 < steps and (saver.resume_due() or stop.pending):
+        # SLURM's signal reaches the ranks at different steps: they stop at the same one
+        stopping = training.ranks.any(stop.pending) if stop.armed else False
+        if k + 1 < steps and (saver.resume_due() or stopping):
             state.noise_state, state.seconds = noise_gen.get_state(), time.perf_counter() - t0
             saver.save_resume(state)
-        if stop.pending:
+        if stopping:
             stop.hand_over()  # submitit: checkpoint(), requeue, exit
         if k % 10 == 0 or k == steps - 1:
             bar.set_postfix(loss=f"{state.sums['loss'] / (k + 1):.4f}", refresh=False)

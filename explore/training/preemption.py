@@ -45,6 +45,11 @@ class StepBoundary:
     def pending(self) -> bool:
         return self.caught is not None
 
+    @property
+    def armed(self) -> bool:
+        """Whether a job runner's handler was taken over (only then can a signal be pending)."""
+        return bool(self.previous)
+
     def hand_over(self) -> None:
         """Give the noted signal to the handler it was meant for (submitit: requeue, exit)."""
         signum, frame = self.caught

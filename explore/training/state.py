@@ -63,9 +63,11 @@ class RunState:
 class Checkpointer:
     """Writes a run's snapshots and its resume state (the `checkpoint` settings)."""
 
-    def __init__(self, run: RunFolder, training: Training, settings: TrainSettings):
+    def __init__(self, run: RunFolder, training: Training, settings: TrainSettings,
+                 writes: bool = True):
         c = settings.checkpoint
         self.run, self.training, self.config = run, training, settings.config
+        self.writes = writes  # False: a data-parallel rank other than 0, which writes nothing
         self.epochs = int(settings.trainer.epochs)
         self.every, self.keep_last, self.keep = int(c.every), c.keep_last, set(c.keep)
         self.dtype_name = str(c.snapshot_dtype)
@@ -82,6 +84,8 @@ class Checkpointer:
     def save_snapshot(self, state: RunState) -> None:
         """checkpoints/epoch_NNNN.pt: weights and averages (in snapshot_dtype), no optimizer;
         then older snapshots beyond keep_last are deleted (never the `keep` epochs)."""
+        if not self.writes:
+            return
         weights = ckpt.cast_floating(self.training.weights_state(), self.dtype)
         ckpt.save_checkpoint({**weights, "epoch": state.epoch, "step": state.step,
                               "history": state.history, "changes": state.changes,
@@ -101,10 +105,12 @@ class Checkpointer:
                          self.keep_last)
 
     def resume_due(self) -> bool:
-        return time.monotonic() - self.last_save >= self.resume_every_s
+        return self.writes and time.monotonic() - self.last_save >= self.resume_every_s
 
     def save_resume(self, state: RunState) -> None:
         """checkpoints/last.pt: everything needed to continue bit for bit from here."""
+        if not self.writes:
+            return
         ckpt.save_checkpoint({**self.training.state_dict(), **state.to_dict(), "rng": rng_state(),
                               "kind": "resume", **self._common(state)}, self.run.last)
         self.last_save = time.monotonic()

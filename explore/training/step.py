@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from explore.core.devices import use_channels_last
 from explore.core.errors import UserError
 from explore.nets.diffusion import CosineSchedule, loss_fn_for
 from explore.run.checkpoint import CheckpointError
+from explore.training.distributed import Ranks
 from explore.training.settings import TrainSettings
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,6 +64,8 @@ class Training:
     channels_last: bool = False
     grad_accum: int = 1
     grad_clip: float | None = 1.0
+    ranks: Ranks = field(default_factory=Ranks)  # data-parallel ranks (one: not distributed)
+    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, with several ranks
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -113,33 +116,48 @@ class Training:
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
-def build_training(settings: TrainSettings, device: torch.device, total_steps: int) -> Training:
-    """The Training of a run's settings (model, diffusion, ema, optim and trainer)."""
+def build_training(settings: TrainSettings, device: torch.device, total_steps: int,
+                   ranks: Ranks | None = None) -> Training:
+    """The Training of a run's settings (model, diffusion, ema, optim and trainer); with
+    several `ranks`, the forward pass is DistributedDataParallel's."""
     t, optim = settings.trainer, settings.optim
+    ranks = ranks or Ranks()
     model = build(settings.model).to(device)
     channels_last = use_channels_last(t.channels_last, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ddp = None
+    if ranks.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                      else None)
     optimizer = build(optim.optimizer)(params=model.parameters())
     precision = PRECISIONS[str(t.precision)]
     ema = build(settings.ema, model=model) if settings.ema_enabled else None
     if ema is not None:
         ema.plan(total_steps)  # a post-hoc EMA spaces its snapshots over the planned run
+    forward = ddp if ddp is not None else model
     return Training(
         model=model,
-        forward=torch.compile(model) if t.compile else model,
+        forward=torch.compile(forward) if t.compile else forward,
         optimizer=optimizer,
         lr_schedule=build_lr_schedule(optimizer, optim.lr_schedule, total_steps,
                                       int(optim.warmup_steps)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision is torch.float16),
         ema=ema, schedule=build(settings.diffusion), loss_fn=loss_fn_for(model), device=device,
         autocast_dtype=precision, channels_last=channels_last, grad_accum=int(t.grad_accum),
-        grad_clip=float(t.grad_clip) if t.grad_clip else None)
+        grad_clip=float(t.grad_clip) if t.grad_clip else None, ranks=ranks, ddp=ddp)
 
 
 def train_step(training: Training, batch: torch.Tensor, generator: torch.Generator) -> dict:
     """One optimizer step over `grad_accum` micro-batches, then the LR schedule and the EMA;
     returns the losses and gradient norm as floats (one device sync).
+
+    `batch` is the global batch: with several ranks each takes its slice of every micro-batch
+    and draws its samples' timesteps and noise as one process would (explore.training
+    .distributed); the gradients are averaged over the ranks by DDP as the last micro-batch's
+    backward pass ends, the losses once per step.
 
     A non-finite loss (or, outside fp16, gradient norm) returns before the optimizer step with
     `nonfinite` naming it, so neither the weights nor the EMA see it. Under fp16 the grad scaler
@@ -150,17 +168,24 @@ def train_step(training: Training, batch: torch.Tensor, generator: torch.Generat
         batch = batch.contiguous(memory_format=torch.channels_last)
     t.optimizer.zero_grad(set_to_none=True)
     totals: dict[str, torch.Tensor] = {}
-    for micro in batch.chunk(t.grad_accum):
-        with t.autocast():
-            out = t.loss_fn(t.forward, t.schedule, micro, generator=generator)
-        t.scaler.scale(out["loss"] / t.grad_accum).backward()
+    micros = batch.chunk(t.grad_accum)
+    for k, micro in enumerate(micros):
+        mine, part = t.ranks.slice(micro)
+        # with several ranks, gradients are all-reduced once, after the last micro-batch
+        sync = t.ddp.no_sync() if t.ddp is not None and k < len(micros) - 1 else \
+            contextlib.nullcontext()
+        with sync:
+            with t.autocast():
+                out = t.loss_fn(t.forward, t.schedule, mine, generator=generator, part=part)
+            t.scaler.scale(out["loss"] / t.grad_accum).backward()
         for name, value in out.items():
             totals[name] = totals.get(name, 0) + value.detach() / t.grad_accum
     t.scaler.unscale_(t.optimizer)
     max_norm = t.grad_clip if t.grad_clip else math.inf
     params, grad_norm, clipped = _grad_norm(t.model, max_norm)
+    losses = t.ranks.mean(torch.stack(list(totals.values())).float())  # over the whole batch
     values = dict(zip(list(totals) + ["grad_norm"],
-                      torch.stack([*totals.values(), grad_norm.float()]).tolist()))
+                      torch.cat([losses, grad_norm.float().reshape(1)]).tolist()))
     if not math.isfinite(values["loss"]):
         return {**values, "skipped": True, "nonfinite": "loss"}
     if not t.scaler.is_enabled() and not math.isfinite(values["grad_norm"]):
