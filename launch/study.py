@@ -51,6 +51,9 @@ class Run:
     eval_overrides: list[str]
     epochs: int
     posthoc_overrides: list[str] | None = None  # a post-hoc EMA sweep between train and eval
+    # further evaluations after the first (study.more_evals), e.g. another extractor at some
+    # epochs: stages "evaluating 2", "evaluating 3", ...
+    more_evals: list[list[str]] = field(default_factory=list)
     tickets: list[Ticket] = field(default_factory=list)
     state: str = "queued"
     note: str = ""
@@ -130,7 +133,9 @@ def build_runs(cfg: DictConfig, task_overrides: list[str]) -> tuple[Path, list[R
                 name = f"{model}-{ema_tag(job_cfg.ema)}-seed{seed}"
                 runs.append(Run(name, study_dir / name, model, overrides,
                                 [*user_eval, *map(str, s.eval)], int(job_cfg.trainer.epochs),
-                                posthoc_overrides=posthoc))
+                                posthoc_overrides=posthoc,
+                                more_evals=[[*user_eval, *map(str, more)]
+                                            for more in s.get("more_evals") or []]))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"the study grid names two runs the same: {names}")
@@ -173,8 +178,8 @@ def describe(run: Run) -> str:
     if run.state == "training":
         epoch = _count_rows(run.folder.metrics)
         return f"training epoch {epoch}/{run.epochs}{where}{requeued}"
-    if run.state == "evaluating":
-        return f"evaluating ({_count_rows(run.folder.fid_csv)} rows){where}{requeued}"
+    if run.state.startswith("evaluating"):
+        return f"{run.state} ({_count_rows(run.folder.fid_csv)} rows){where}{requeued}"
     if run.state == "posthoc":
         return f"reconstructing post-hoc EMAs{where}"
     if run.state == "failed":
@@ -223,15 +228,17 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
             "evaluating": (EvalJob, "eval_overrides", "to evaluate")}
 
     def submit(run: Run, stage: str) -> None:
-        job, overrides, note = jobs[stage]
+        job, overrides, note = jobs[stage.split(" ")[0]]
+        args = getattr(run, overrides) if stage in jobs else \
+            run.more_evals[int(stage.split(" ")[1]) - 2]  # "evaluating 2": study.more_evals[0]
         run.tickets.append(queue.submit(Ticket(f"{run.name}:{stage}", job(),
-                                               (str(run.dir), getattr(run, overrides)),
-                                               run.folder.logs_dir)))
+                                               (str(run.dir), args), run.folder.logs_dir)))
         run.state, run.note = "queued", note
 
     def next_stage(run: Run, done: str | None) -> str | None:
         order = ["training"] + (["posthoc"] if run.posthoc_overrides else [])
-        order += ["evaluating"] if cfg.study.evaluate else []
+        order += (["evaluating", *(f"evaluating {k + 2}" for k in range(len(run.more_evals)))]
+                  if cfg.study.evaluate else [])
         return order[order.index(done) + 1] if done in order[:-1] else (
             order[0] if done is None else None)
 
