@@ -26,6 +26,7 @@ from explore.core.errors import UserError
 from .figures.style import FID_SCALES
 from .load import Study, dedupe_networks, load_study
 from .page.html import write_html
+from .sections.agreement import agreement_section
 from .sections.appendix import Appendix, appendix_lines
 from .sections.files import slug
 from .sections.results import SPLIT_NOTE, results_section
@@ -121,6 +122,7 @@ def make_report(
                                  fid_scale)
     if not protocols:
         lines += ["## Results", "", "No FID rows yet: see Missing.", ""]
+    lines += agreement_section(study)
     lines += training_section(study, out, formats)
     lines += samples_section(study, out)
     lines += appendix_lines(Appendix(study, summary, protocols, missing, warnings))

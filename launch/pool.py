@@ -25,20 +25,28 @@ from explore.core.errors import ConfigError
 @dataclass(frozen=True)
 class Slot:
     kind: str       # "cuda" or "cpu"
-    index: int      # physical GPU index, or the number of the CPU slot
-    threads: int    # CPU threads the job may use
+    index: int      # physical GPU index (a group's first), or the number of the CPU slot
+    threads: int    # CPU threads the job (each of its ranks) may use
+    gpus: tuple[int, ...] = ()  # a GPU slot of several GPUs (study.ranks_per_run): all of them
+    ranks: int = 1  # processes a training job runs as (one per GPU; gloo ranks on the CPU)
 
     @property
     def label(self) -> str:
-        return f"cuda:{self.index}" if self.kind == "cuda" else f"cpu#{self.index}"
+        if self.kind == "cpu":
+            return f"cpu#{self.index}" + (f" x{self.ranks}" if self.ranks > 1 else "")
+        return f"cuda:{','.join(map(str, self.gpus or (self.index,)))}"
 
     @property
     def device_arg(self) -> str:
-        """The job's `device=`: its one visible GPU is cuda:0 inside the job."""
-        return "0" if self.kind == "cuda" else "cpu"
+        """The job's `device=`: its one visible GPU is cuda:0 inside the job; with several
+        ranks each takes the GPU of its LOCAL_RANK (explore.training.distributed)."""
+        if self.kind == "cpu":
+            return "cpu"
+        return "auto" if self.ranks > 1 else "0"
 
     def env(self) -> dict[str, str]:
-        return {"CUDA_VISIBLE_DEVICES": str(self.index) if self.kind == "cuda" else "",
+        gpus = ",".join(map(str, self.gpus or (self.index,)))
+        return {"CUDA_VISIBLE_DEVICES": gpus if self.kind == "cuda" else "",
                 "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
 
 
@@ -57,11 +65,16 @@ def visible_gpus() -> list[int]:
     return list(range(count))
 
 
-def make_slots(devices, cpu_jobs: int | None = None, cores: int | None = None) -> list[Slot]:
+def make_slots(devices, cpu_jobs: int | None = None, cores: int | None = None,
+               ranks_per_run: int = 1) -> list[Slot]:
     """Slots from a device setting: auto (every visible GPU, else the CPU), cpu, an index, or a
     list of GPU indices. CPU: `cpu_jobs` at once (default: one per two cores), the cores split
-    between them."""
+    between them. `ranks_per_run` > 1: a training run is data-parallel over that many GPUs
+    (consecutive in the list), or over that many gloo processes on the CPU."""
     cores = cores or os.cpu_count() or 1
+    ranks = int(ranks_per_run or 1)
+    if ranks < 1:
+        raise ConfigError(f"study.ranks_per_run={ranks_per_run} must be >= 1")
     items = list(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) \
         else [devices]
     try:
@@ -72,11 +85,11 @@ def make_slots(devices, cpu_jobs: int | None = None, cores: int | None = None) -
         gpus = visible_gpus()
         parsed = gpus if gpus else ["cpu"]
     if parsed == ["cpu"]:
-        n = int(cpu_jobs) if cpu_jobs else max(1, cores // 2)
+        n = int(cpu_jobs) if cpu_jobs else max(1, cores // (2 * ranks))
         if n < 1:
             raise ConfigError(f"study.cpu_jobs={cpu_jobs} must be >= 1")
-        threads = max(1, cores // n)
-        return [Slot("cpu", k, threads) for k in range(n)]
+        threads = max(1, cores // (n * ranks))
+        return [Slot("cpu", k, threads, ranks=ranks) for k in range(n)]
     wanted = [d for d in parsed if isinstance(d, int)]
     if len(wanted) != len(parsed):
         raise ConfigError(f"devices={devices!r}: a list of GPU indices, or one of auto, cpu")
@@ -88,7 +101,13 @@ def make_slots(devices, cpu_jobs: int | None = None, cores: int | None = None) -
     if len(set(wanted)) != len(wanted):
         raise ConfigError(f"devices={devices!r} lists a GPU twice")
     threads = max(1, cores // len(wanted))
-    return [Slot("cuda", d, threads) for d in wanted]
+    if ranks == 1:
+        return [Slot("cuda", d, threads) for d in wanted]
+    if len(wanted) % ranks:
+        raise ConfigError(f"devices={devices!r}: {len(wanted)} GPU(s) do not make runs of "
+                          f"study.ranks_per_run={ranks} GPUs each")
+    groups = [tuple(wanted[k:k + ranks]) for k in range(0, len(wanted), ranks)]
+    return [Slot("cuda", g[0], threads, gpus=g, ranks=ranks) for g in groups]
 
 
 @dataclass
@@ -108,6 +127,7 @@ class Ticket:
     started: float | None = None
     ended: float | None = None
     extra: dict = field(default_factory=dict)
+    ranks: int = 1                # processes the job runs as (a data-parallel training: > 1)
 
     @property
     def log_path(self) -> Path | None:
@@ -154,7 +174,10 @@ class DeviceQueue:
         ex = submitit.LocalExecutor(folder=ticket.folder)
         params = {"timeout_min": self.timeout_min}
         if slot.kind == "cuda":
-            params.update(gpus_per_node=1, visible_gpus=[slot.index])
+            gpus = list(slot.gpus or (slot.index,))
+            params.update(gpus_per_node=len(gpus), visible_gpus=gpus)
+        if ticket.ranks > 1:  # a data-parallel training: one process per rank (submitit tasks)
+            params.update(tasks_per_node=ticket.ranks)
         ex.update_parameters(**params)
         # the controller copies os.environ at submission: set the slot's threads for the job
         with _env({k: v for k, v in slot.env().items() if k != "CUDA_VISIBLE_DEVICES"}):
@@ -240,7 +263,7 @@ def collect(t: Ticket) -> None:
     """Record a finished job's result, or its error line (the log path is `t.log_path`)."""
     t.ended = time.time()
     try:
-        t.result = t.job.result()
+        t.result = t.job.results()[0]  # a job of several tasks (ranks): rank 0's
         t.state = "done"
     except Exception as e:  # submitit raises FailedJobError / UncompletedJobError
         t.state = "failed"

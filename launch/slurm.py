@@ -45,10 +45,19 @@ class SlurmQueue:
         ex = submitit.AutoExecutor(folder=ticket.folder, cluster="slurm",
                                    slurm_max_num_timeout=int(self.params.get("max_num_timeout",
                                                                              20) or 0))
-        ex.update_parameters(name=ticket.name, **self.executor_parameters())
+        params = self.executor_parameters()
         gpus = int(self.params.get("gpus_per_node", 1) or 0)
-        # inside a SLURM job the allocated GPU is cuda:0; CPU jobs use the task's cores
-        slot = Slot("cuda" if gpus else "cpu", 0, int(self.params.get("cpus_per_task", 1) or 1))
+        if ticket.ranks > 1:  # a data-parallel training: its nodes x tasks, a GPU per task
+            params.update(nodes=int(self.params.get("nodes", 1) or 1),
+                          tasks_per_node=int(self.params.get("tasks_per_node", 1) or 1))
+        else:  # an evaluation (or a one-GPU training): one task, at most one GPU
+            params.update(gpus_per_node=min(gpus, 1))
+        ex.update_parameters(name=ticket.name, **params)
+        # inside a SLURM job the allocated GPU is cuda:0 (several: each rank its LOCAL_RANK's);
+        # CPU jobs use the task's cores
+        slot = Slot("cuda" if gpus else "cpu", 0, int(self.params.get("cpus_per_task", 1) or 1),
+                    gpus=tuple(range(gpus)) if ticket.ranks > 1 and gpus else (),
+                    ranks=ticket.ranks)
         ticket.job = ex.submit(ticket.fn, *ticket.args, slot)
         ticket.slot, ticket.state, ticket.started = slot, "running", time.time()
         ticket.extra["slurm_job_id"] = ticket.job.job_id

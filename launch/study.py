@@ -150,7 +150,18 @@ def make_queue(cfg: DictConfig):
     if cfg.launcher.kind != "local":
         raise ConfigError(f"launcher.kind={cfg.launcher.kind!r}: use launcher=local or slurm")
     devices = cfg.study.devices if cfg.study.devices is not None else cfg.device
-    return DeviceQueue(make_slots(devices, cfg.study.cpu_jobs), cfg.launcher.timeout_min)
+    return DeviceQueue(make_slots(devices, cfg.study.cpu_jobs,
+                                  ranks_per_run=cfg.study.get("ranks_per_run", 1)),
+                       cfg.launcher.timeout_min)
+
+
+def training_ranks(cfg: DictConfig) -> int:
+    """Processes each training job runs as: launcher=slurm's nodes x tasks_per_node, or
+    study.ranks_per_run on this machine (evaluations run as one)."""
+    if cfg.launcher.kind == "slurm":
+        return int(cfg.launcher.get("nodes", 1) or 1) * int(
+            cfg.launcher.get("tasks_per_node", 1) or 1)
+    return int(cfg.study.get("ranks_per_run", 1) or 1)
 
 
 def _count_rows(path: Path) -> int:
@@ -218,7 +229,7 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
     """Train, evaluate and report; returns (report path or None, runs)."""
     began = time.monotonic()
     study_dir, runs = build_runs(cfg, list(task_overrides or []))
-    queue = make_queue(cfg)
+    queue, ranks = make_queue(cfg), training_ranks(cfg)
     poll_s = poll_s if poll_s is not None else float(cfg.launcher.get("poll_s", 2))
     study_dir.mkdir(parents=True, exist_ok=True)
     print(f"study {cfg.study.name}: {len(runs)} run(s) in {study_dir}", flush=True)
@@ -231,8 +242,9 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
         job, overrides, note = jobs[stage.split(" ")[0]]
         args = getattr(run, overrides) if stage in jobs else \
             run.more_evals[int(stage.split(" ")[1]) - 2]  # "evaluating 2": study.more_evals[0]
-        run.tickets.append(queue.submit(Ticket(f"{run.name}:{stage}", job(),
-                                               (str(run.dir), args), run.folder.logs_dir)))
+        run.tickets.append(queue.submit(Ticket(
+            f"{run.name}:{stage}", job(), (str(run.dir), args), run.folder.logs_dir,
+            ranks=ranks if stage == "training" else 1)))
         run.state, run.note = "queued", note
 
     def next_stage(run: Run, done: str | None) -> str | None:

@@ -135,6 +135,9 @@ SLOW_CALLS = {train_entry, training_loop.train, launch_study.run_study, launch_p
               subprocess.run, subprocess.Popen, subprocess.call, subprocess.check_call,
               subprocess.check_output, multiprocessing.get_context, multiprocessing.Process,
               PackagedFile.fetch, PackagedFile.ensure}  # (those two may run pip download)
+# bound methods (multiprocessing.get_context is the default context's) by their functions,
+# as the scan below compares what a call names
+SLOW_CALLS = {getattr(f, "__func__", f) for f in SLOW_CALLS}
 # fixtures that hand out trained runs, a cluster or files from the package index
 SLOW_FIXTURES = {"run_cache", "trained_run", "run_copy", "slurm_cluster", "packaged_files"}
 _verdicts: dict[object, bool] = {}

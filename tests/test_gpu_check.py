@@ -50,16 +50,21 @@ def test_cpu_mode_runs_every_step_and_writes_json_and_markdown(cpu_check):
     assert report["mode"] == "cpu" and report["finished"] and report["exit_status"] == 0
     steps = report["steps"]
     assert [s["name"] for s in steps] == ["correctness", "resume", "throughput", "projection",
-                                          "pool"]
+                                          "pool", "ddp"]
     for s in steps:
         assert s["status"] in STATUSES and s["verdict"] and s["seconds"] is not None, s
     status = {s["name"]: s["status"] for s in steps}
-    # on a CPU every step runs; the two-GPU pool is skipped (its CPU stand-in ran)
+    # on a CPU every step runs; the two-GPU pool is skipped (its CPU stand-in ran); the
+    # data-parallel step runs 1 and 2 gloo ranks at smoke size instead of GPUs
     assert status == {"correctness": "ok", "resume": "ok", "throughput": "ok",
-                      "projection": "ok", "pool": "skipped"}, report
+                      "projection": "ok", "pool": "skipped", "ddp": "ok"}, report
     # one verdict line per step on the terminal
     for n, name in enumerate(status, 1):
-        assert f"[{n}/5] {name}: {status[name]}: " in done.stdout
+        assert f"[{n}/6] {name}: {status[name]}: " in done.stdout
+    ddp = steps[5]["result"]
+    assert [ddp[f"ranks_{n}"]["ranks"] for n in (1, 2)] == [1, 2]
+    assert ddp["ranks_2"]["global_batch"] == 2 * ddp["ranks_1"]["global_batch"]
+    assert ddp["scaling_efficiency"] > 0 and "scaling efficiency" in steps[5]["verdict"]
     md = (out / "gpu-check.md").read_text()
     for name in status:
         assert f". {name} | **{status[name]}**" in md
@@ -106,10 +111,10 @@ def test_a_budget_too_small_cuts_every_step_off_and_still_writes_both_files(tmp_
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     status = {n: s["status"] for n, s in _steps(tmp_path).items()}
     assert status == {"correctness": "cut off", "resume": "cut off", "throughput": "cut off",
-                      "projection": "skipped", "pool": "cut off"}, status
+                      "projection": "skipped", "pool": "cut off", "ddp": "cut off"}, status
     assert "cut off by the budget" in _steps(tmp_path)["throughput"]["verdict"]
     md = (tmp_path / "gpu-check.md").read_text()
-    assert md.count("**cut off**") == 4
+    assert md.count("**cut off**") == 5
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["finished"] and report["projected"] is None
 
@@ -140,7 +145,8 @@ def test_sigterm_keeps_what_was_measured_and_stops_the_training_process(tmp_path
     steps = _steps(tmp_path)
     assert steps["correctness"]["status"] == "ok"
     assert steps["resume"]["status"] == "cut off" and "terminated" in steps["resume"]["verdict"]
-    assert [steps[n]["status"] for n in ("throughput", "projection", "pool")] == ["not run"] * 3
+    assert [steps[n]["status"] for n in ("throughput", "projection", "pool", "ddp")] == \
+        ["not run"] * 4
     assert "**cut off**" in (tmp_path / "gpu-check.md").read_text()
     with pytest.raises(ProcessLookupError):  # the training process went with it
         os.kill(child, 0)

@@ -77,6 +77,24 @@ def test_gpu_slots_and_missing_gpu(monkeypatch):
     assert make_slots("auto", cores=4)[0].kind == "cpu"
 
 
+def test_several_gpus_per_run_make_one_slot_each_and_the_job_runs_a_rank_per_gpu(monkeypatch):
+    monkeypatch.setattr(pool, "visible_gpus", lambda: list(range(8)))
+    slots = make_slots(list(range(8)), cores=16, ranks_per_run=4)  # 2 runs on 8 GPUs
+    assert [(s.label, s.env()["CUDA_VISIBLE_DEVICES"], s.ranks, s.device_arg) for s in slots] \
+        == [("cuda:0,1,2,3", "0,1,2,3", 4, "auto"), ("cuda:4,5,6,7", "4,5,6,7", 4, "auto")]
+    with pytest.raises(ConfigError, match="6 GPU.* do not make runs of study.ranks_per_run=4"):
+        make_slots(list(range(6)), ranks_per_run=4)
+    cpu = make_slots("cpu", cores=4, ranks_per_run=2)  # gloo ranks on the CPU
+    assert [(s.label, s.threads, s.ranks) for s in cpu] == [("cpu#0 x2", 2, 2)]
+    cfg = compose("launch_study", ["experiment=smoke", "device=cpu", "study.ranks_per_run=2"])
+    from launch.study import training_ranks
+
+    assert training_ranks(cfg) == 2
+    slurm = compose("launch_study", ["launcher=slurm", "launcher.nodes=2",
+                                     "launcher.tasks_per_node=4"])
+    assert training_ranks(slurm) == 8
+
+
 def test_queue_runs_jobs_on_distinct_devices_and_queues_the_rest(tmp_path):
     # two (fake) GPUs, five jobs: never more than two at once, never two on one GPU
     slots = [Slot("cuda", 0, 1), Slot("cuda", 1, 1)]
@@ -181,6 +199,20 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     rows = _rows(lift / "eval" / "fid.csv")
     assert [r for r in rows if r["epoch"] == "1"] == kept         # epoch-1 rows kept as they were
     assert {r["epoch"] for r in rows} == {"1", "2"}
+
+
+def test_a_study_run_trains_on_two_ranks(tmp_path):
+    """study.ranks_per_run=2 on the CPU: the training job runs as two submitit tasks (gloo
+    ranks, joined through submitit's environment), rank 0 writes the run; then one
+    evaluation."""
+    cfg, overrides = _study(tmp_path, "study.models=[baseline]", "study.ranks_per_run=2",
+                            "study.cpu_jobs=1")
+    report, (run,) = run_study(cfg, overrides, poll_s=0.2)
+    assert run.state == "done", run.note
+    log = (run.dir / "train.log").read_text()
+    assert "data-parallel over 2 ranks (gloo): global batch 16, 8 per rank" in log
+    assert {r["weights"] for r in _rows(run.dir / "eval" / "fid.csv")} == {"raw", "ema"}
+    assert report is not None and report.is_file()
 
 
 @pytest.mark.slow

@@ -20,8 +20,8 @@ from explore.train import train
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "explore"
 # the layers, top to bottom: a module may import its own subpackage and those below it
-LAYERS = [{"train", "evaluate", "posthoc", "fetch", "cli"}, {"training", "evaluation"}, {"run", "lift"},
-          {"ema"}, {"nets"}, {"core"}]
+LAYERS = [{"train", "evaluate", "posthoc", "fetch", "cli"}, {"training", "evaluation"},
+          {"run", "lift"}, {"ema"}, {"nets"}, {"core"}]
 ENTRY_POINTS = {"explore.train", "explore.evaluate", "explore.posthoc", "explore.cli"}
 
 

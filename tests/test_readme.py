@@ -82,6 +82,11 @@ def test_every_command_of_the_readme_composes(cmd):
 
         parse_args(args)
         return
+    if module == "explore.fetch":
+        from explore.fetch import parse_args as fetch_args
+
+        fetch_args(args)
+        return
     if module == "bench" or module.startswith("bench."):
         from bench.hotpath.run import parse_args
 

@@ -24,7 +24,9 @@ SLURM = ["launcher=slurm", "launcher.partition=debug", "launcher.gpus_per_node=0
 
 
 def test_study_runs_on_slurm(slurm_cluster, tmp_path):
-    overrides = TINY_STUDY + SLURM + [f"study.out={tmp_path}",
+    """Each run's training is one SLURM job of two tasks, data-parallel (gloo ranks joined
+    through submitit's environment), then an evaluation job of one task."""
+    overrides = TINY_STUDY + SLURM + [f"study.out={tmp_path}", "launcher.tasks_per_node=2",
                                       f"eval.fid.cache_root={tmp_path / 'fidcache'}"]
     report, runs = run_study(compose("launch_study", overrides), overrides, poll_s=1)
     assert [r.state for r in runs] == ["done", "done"], [r.note for r in runs]
@@ -35,6 +37,7 @@ def test_study_runs_on_slurm(slurm_cluster, tmp_path):
         with open(run.dir / "eval" / "fid.csv") as f:
             assert {r["weights"] for r in csv.DictReader(f)} == {"raw", "ema"}
         assert (run.dir / "checkpoints" / "epoch_0002.pt").is_file()
+        assert "data-parallel over 2 ranks (gloo)" in (run.dir / "train.log").read_text()
     assert report is not None and report.is_file()
 
 

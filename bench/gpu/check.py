@@ -24,6 +24,7 @@ from explore.core.files import atomic_write
 from ..common.machine import describe_machine
 from .context import STEP_NAMES, Outcome, StepContext, StepTimeout, Terminated
 from .correctness import step_correctness
+from .ddp import step_ddp
 from .plan import Plan
 from .pool import step_pool
 from .projection import step_projection
@@ -98,7 +99,8 @@ class Check:
         slice_s = self.slice_for(number)
         entry.update(status="running", verdict="running", slice_s=round(slice_s, 1))
         ctx = StepContext(self, number, time.monotonic() + slice_s, entry["result"])
-        print(f"[{number}/5] {name}: running (slice {slice_s:.0f} s of the budget) ...",
+        print(f"[{number}/{len(STEP_NAMES)}] {name}: running (slice {slice_s:.0f} s of the "
+              f"budget) ...",
               flush=True)
         t0 = time.monotonic()
         try:
@@ -119,11 +121,11 @@ class Check:
         entry.update(status=status, verdict=verdict, seconds=round(time.monotonic() - t0, 2),
                      completed=ctx.completed)
         self.write()
-        print(f"[{number}/5] {name}: {status}: {verdict}", flush=True)
+        print(f"[{number}/{len(STEP_NAMES)}] {name}: {status}: {verdict}", flush=True)
 
     def run(self) -> int:
         steps = {1: step_correctness, 2: step_resume, 3: step_throughput, 4: step_projection,
-                 5: step_pool}
+                 5: step_pool, 6: step_ddp}
         self.write()
         try:
             for number, fn in steps.items():

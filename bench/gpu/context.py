@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-STEP_NAMES = {1: "correctness", 2: "resume", 3: "throughput", 4: "projection", 5: "pool"}
+STEP_NAMES = {1: "correctness", 2: "resume", 3: "throughput", 4: "projection", 5: "pool",
+              6: "ddp"}
 
 Outcome = tuple[str, str]  # (status, verdict)
 

@@ -75,7 +75,8 @@ def make_plan(device: torch.device, gpus_visible: int) -> Plan:
             bootstrap_dim=2048, bootstrap_images=15_803, bootstrap_reps=3,
             notes=["GPU plan: the reference model size (58.5M-parameter LIFT), training batch "
                    "64, sampling at the evaluation batch (64), 18 DDIM steps"],
-            weights={1: 40, 2: 110, 3: 290, 4: 1, 5: 40 if gpus_visible >= 2 else 1})
+            weights={1: 40, 2: 110, 3: 290, 4: 1, 5: 40 if gpus_visible >= 2 else 1,
+                     6: 90 if gpus_visible >= 2 else 1})
     return Plan(
         device=device, cuda=False, size=SMOKE, forward_batch=2, sample_images=4, sample_steps=18,
         train_images=256, train_batch=32,
@@ -92,4 +93,4 @@ def make_plan(device: torch.device, gpus_visible: int) -> Plan:
         notes=["CPU mode: the same steps scaled down (smoke model size dims 16x32 at 32 px, "
                "training batch 4, a few iterations) to prove the check works; its rates and "
                "projected hours are CPU figures at smoke size, not meaningful for a GPU"],
-        weights={1: 20, 2: 110, 3: 80, 4: 1, 5: 40})
+        weights={1: 20, 2: 110, 3: 80, 4: 1, 5: 40, 6: 40})

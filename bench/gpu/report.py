@@ -61,9 +61,29 @@ def markdown(report: dict) -> str:
             dur = f"{r['end'] - r['start']:.1f}" if "end" in r else "-"
             lines.append(f"| {j['name']} | {j['slot']} | {j['state']} | {saw} "
                          f"{(r.get('uuid') or '')[:18]} | {r.get('pid', '-')} | {dur} |")
+    lines += _ddp(steps.get("ddp") or {})
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _ddp(res: dict) -> list[str]:
+    runs = [res[k] for k in sorted(res) if k.startswith("ranks_") and isinstance(res[k], dict)
+            and "images_per_s" in res[k]]
+    if not runs:
+        return []
+    out = ["", "## 6. One run on several GPUs (data-parallel)", "",
+           f"`{res.get('command')}`, LIFT, {res.get('per_rank_batch')} images per rank, "
+           f"precision {res.get('precision')}.", "",
+           "| ranks | global batch | training img/s | per rank | backend |",
+           "|---:|---:|---:|---:|---|"]
+    for r in runs:
+        out.append(f"| {r['ranks']} | {r['global_batch']} | {r['images_per_s']:.1f} | "
+                   f"{r['images_per_s'] / r['ranks']:.1f} | {r['backend']} |")
+    if "scaling_efficiency" in res:
+        out += ["", f"Scaling efficiency (per-rank throughput at {runs[-1]['ranks']} ranks / at "
+                    f"1): {100 * res['scaling_efficiency']:.0f}%."]
+    return out
 
 
 def _correctness(res: dict) -> list[str]:

@@ -94,8 +94,9 @@ def _train(s: TrainSettings, run: RunFolder, ranks: Ranks, device: torch.device,
             _write_start(s, run, lock, budget, found, state, environment, notes, training, data,
                          steps_per_epoch)
         if state.epoch >= epochs:
-            log.info("%s is already trained to epoch %d of %d: nothing to do", run.path,
-                     state.epoch, epochs)
+            if ranks.main:
+                log.info("%s is already trained to epoch %d of %d: nothing to do", run.path,
+                         state.epoch, epochs)
             return run.path
         saver = Checkpointer(run, training, s, writes=ranks.main)
         images = data.images.to(device)
@@ -119,7 +120,8 @@ def _train(s: TrainSettings, run: RunFolder, ranks: Ranks, device: torch.device,
                 saver.save_resume(state)
                 watch.end_epoch(epoch, row, state.step)  # loggers; raw-vs-EMA sample grids
         ranks.barrier()  # every rank ends with the run folder complete
-        log.info("done: %s", run.path)
+        if ranks.main:
+            log.info("done: %s", run.path)
     return run.path
 
 
