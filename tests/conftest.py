@@ -34,6 +34,13 @@ from launch import pool as launch_pool
 from launch import study as launch_study
 
 TESTS = Path(__file__).resolve().parent
+# One thread in every process a test starts, too (trainings, evaluations, studies, torchrun
+# ranks, the GPU check): ./scripts/test runs one worker per core, and two workers' subprocesses
+# at torch's default (every core each) oversubscribe the cores; OpenMP's spin-waiting then
+# burns the time (measured: the docs walk-through 134 s alone, 311 s beside the other worker).
+# A test that is about threads sets them itself (launch.pool gives each job its share).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -235,8 +242,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if is_slow(item):
             item.add_marker(pytest.mark.slow)
-    # the longest first, so the two workers finish together: SLURM, then the other slow tests
-    items.sort(key=lambda i: (not i.get_closest_marker("slurm"), not i.get_closest_marker("slow")))
+    # the longest first, so the two workers finish together: SLURM, the tests of LONGEST by
+    # their measured time, then the other slow tests
+    items.sort(key=lambda i: (not i.get_closest_marker("slurm"), -_measured(i.nodeid),
+                              not i.get_closest_marker("slow")))
+
+
+# seconds of the longest tests or modules run whole (./scripts/test --durations=0 on 2 workers;
+# a module of whole_modules() counts as one): the order they start in, longest first
+LONGEST = {"test_readme.py::test_the_walkthrough_runs_as_written": 150,
+           "test_gpu_check.py": 86,
+           "test_ema_length.py::test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on": 63,
+           "test_distributed.py": 62,
+           "test_launch.py::test_study_trains_evaluates_reports_and_resumes": 41,
+           "test_loggers.py::test_mlflow_study_is_one_experiment_with_a_run_per_job": 30,
+           "test_reliability.py::test_three_trainings_racing_on_a_stale_lock_train_once": 30,
+           "test_launch.py::test_ema_length_study_trains_reconstructs_a_sweep_and_evaluates_it": 29,
+           "test_launch.py::test_a_study_run_trains_on_two_ranks": 17}
+
+
+def _measured(nodeid: str) -> float:
+    name = nodeid.split("/")[-1]
+    return LONGEST.get(name.split("[")[0], LONGEST.get(name.split("::")[0], 0))
 
 
 # -- pytest-xdist: which tests share a worker --------------------------------------------------

@@ -16,6 +16,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,11 @@ def test_the_walkthrough_runs_as_written(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for cmd in readme_blocks("run")[0]:
         args = shlex.split(cmd)
+        start = time.perf_counter()
         done = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{cmd}\n{(done.stdout + done.stderr)[-3000:]}"
+        print(f"{time.perf_counter() - start:6.1f} s  {cmd}")  # (pytest -s shows them)
 
 
 def _as_overrides(args: list[str]) -> list[str]:

@@ -77,7 +77,8 @@ def _add_rows(path: str, seed: int, count: int, barrier) -> None:
     barrier.wait()
     for epoch in range(count):
         results.add({"epoch": epoch, "weights": "raw", "path": "ddim", "sample_seed": seed,
-                     "num_steps": 4, "num_images": 8, "extractor": "x", "schedule": "s",
+                     "num_steps": 4, "num_images": 8, "extractor": "x", "extractor_weights": "",
+                     "schedule": "s",
                      "final_step": "zero", "subset_seed": 0, "fid": 1.0})
 
 
