@@ -252,7 +252,8 @@ def pytest_collection_modifyitems(config, items):
 # a module of whole_modules() counts as one): the order they start in, longest first
 LONGEST = {"test_readme.py::test_the_walkthrough_runs_as_written": 150,
            "test_gpu_check.py": 86,
-           "test_ema_length.py::test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on": 63,
+           "test_ema_length.py::"
+           "test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on": 63,
            "test_distributed.py": 62,
            "test_launch.py::test_study_trains_evaluates_reports_and_resumes": 41,
            "test_loggers.py::test_mlflow_study_is_one_experiment_with_a_run_per_job": 30,
