@@ -58,6 +58,12 @@ class Run:
     state: str = "queued"
     note: str = ""
 
+    def eval_stages(self) -> dict[str, list[str]]:
+        """The evaluation stages in order, each with its overrides: "evaluating", then
+        "evaluating 2", ... for study.more_evals."""
+        return {"evaluating": self.eval_overrides,
+                **{f"evaluating {k}": more for k, more in enumerate(self.more_evals, 2)}}
+
     @property
     def folder(self) -> RunFolder:
         return RunFolder(self.dir)
@@ -239,9 +245,9 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
             "evaluating": (EvalJob, "eval_overrides", "to evaluate")}
 
     def submit(run: Run, stage: str) -> None:
-        job, overrides, note = jobs[stage.split(" ")[0]]
-        args = getattr(run, overrides) if stage in jobs else \
-            run.more_evals[int(stage.split(" ")[1]) - 2]  # "evaluating 2": study.more_evals[0]
+        evaluating = run.eval_stages()
+        job, overrides, note = jobs["evaluating" if stage in evaluating else stage]
+        args = evaluating[stage] if stage in evaluating else getattr(run, overrides)
         run.tickets.append(queue.submit(Ticket(
             f"{run.name}:{stage}", job(), (str(run.dir), args), run.folder.logs_dir,
             ranks=ranks if stage == "training" else 1)))
@@ -249,8 +255,7 @@ def run_study(cfg: DictConfig, task_overrides: list[str] | None = None,
 
     def next_stage(run: Run, done: str | None) -> str | None:
         order = ["training"] + (["posthoc"] if run.posthoc_overrides else [])
-        order += (["evaluating", *(f"evaluating {k + 2}" for k in range(len(run.more_evals)))]
-                  if cfg.study.evaluate else [])
+        order += list(run.eval_stages()) if cfg.study.evaluate else []
         return order[order.index(done) + 1] if done in order[:-1] else (
             order[0] if done is None else None)
 

@@ -396,6 +396,25 @@ def test_study_grid_names_one_run_per_model_decay_and_seed(tmp_path):
         build_runs(compose("launch_study", bad), bad)
 
 
+def test_more_evals_are_further_evaluation_stages_with_their_overrides(tmp_path):
+    from launch.study import build_runs
+
+    more = ["experiment=smoke", "device=cpu", f"study.out={tmp_path}", "study.models=[baseline]",
+            'study.more_evals=[["eval.fid.extractor=inception-v3-compat","eval.epochs=[1]"],'
+            '["eval.num_images=64"]]']
+    _, [run] = build_runs(compose("launch_study", more), more)
+    stages = run.eval_stages()
+    assert list(stages) == ["evaluating", "evaluating 2", "evaluating 3"]
+    assert stages["evaluating"] == run.eval_overrides
+    assert stages["evaluating 2"][-2:] == ["eval.fid.extractor=inception-v3-compat",
+                                           "eval.epochs=[1]"]
+    assert stages["evaluating 3"][-1] == "eval.num_images=64"
+    assert "device=cpu" in stages["evaluating 2"]  # the user's eval overrides come first
+    plain = more[:-1]
+    _, [run] = build_runs(compose("launch_study", plain), plain)
+    assert list(run.eval_stages()) == ["evaluating"]
+
+
 def test_study_bema_true_or_its_settings_reach_the_job(tmp_path):
     from launch.study import build_runs
 
