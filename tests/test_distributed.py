@@ -90,6 +90,20 @@ def test_two_ranks_train_the_one_process_run(two_ranks, trained_run):
     assert "data-parallel over 2 ranks (gloo): global batch 16, 8 per rank" in log
 
 
+def test_two_ranks_are_bit_for_bit_one_process_that_accumulates_two_micro_batches(two_ranks,
+                                                                                   trained_run):
+    # trainer.grad_accum=2 in one process computes rank r's slice as its micro-batch r, with the
+    # same draws; backward's accumulation adds the two halves of the gradient as the gloo
+    # all-reduce does: nothing is left to round differently (edm2's batch_gpu, the same idea)
+    one = trained_run(*RUN, "trainer.grad_accum=2")
+    a, b = (_states(r / "checkpoints" / "last.pt") for r in (one, two_ranks))
+    assert set(a) == {"raw", "ema@0.9", "phema@0.1", "bema", "bema.mu"}
+    for name in a:
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k)
+    assert load_checkpoint(one / "checkpoints" / "last.pt")["step"] == 8
+
+
 def test_only_rank_0_writes_the_run_folder(two_ranks):
     # (ranks_run.py fails the run when rank 1 writes into it: two_ranks finished with status 0)
     names = sorted(p.name for p in (two_ranks / "checkpoints").iterdir())
@@ -151,6 +165,41 @@ def test_torchrun_environment_is_checked_before_joining(monkeypatch):
     assert Ranks.from_environment("cpu") == (Ranks(), torch.device("cpu"))
 
 
+def test_micro_batches_draw_what_one_micro_batch_draws(tiny_cfg):
+    """train_step with grad_accum=2: micro-batch k sees the timesteps and noise the whole batch
+    draws for its samples (as rank k of 2 does), and the generator ends where it would."""
+    from tiny import settings
+
+    from explore.nets.diffusion import lift_loss
+    from explore.training.step import build_training, train_step
+
+    seen: dict[int, list] = {1: [], 2: []}
+    ends = {}
+    batch = torch.rand(16, 3, 16, 16) * 2 - 1
+    for accum in (1, 2):
+        torch.manual_seed(0)
+        training = build_training(settings(tiny_cfg("model=lift", "ema=off",
+                                                     f"trainer.grad_accum={accum}")),
+                                  torch.device("cpu"), 8)
+
+        def recording(forward, schedule, x0, generator=None, part=None, accum=accum):
+            def model(x_hi, x_lo, t_hi, t_lo):
+                seen[accum].append((x_hi.clone(), x_lo.clone(), t_hi.clone(), t_lo.clone()))
+                return forward(x_hi, x_lo, t_hi, t_lo)
+            return lift_loss(model, schedule, x0, generator=generator, part=part)
+
+        training.loss_fn = recording
+        gen = torch.Generator().manual_seed(7)
+        train_step(training, batch, gen)
+        ends[accum] = gen.get_state()
+    (whole,), halves = seen[1], seen[2]
+    assert len(halves) == 2
+    for k, half in enumerate(halves):
+        for w, h in zip(whole, half):
+            assert torch.equal(w[8 * k:8 * k + 8], h)
+    assert torch.equal(ends[1], ends[2])
+
+
 def test_each_rank_takes_its_slice_and_draws_what_one_process_draws():
     from explore.nets.diffusion import CosineSchedule, baseline_loss
 
@@ -173,5 +222,9 @@ def test_each_rank_takes_its_slice_and_draws_what_one_process_draws():
         xt, t = seen.pop()
         assert torch.equal(t, whole_t[4 * rank:4 * rank + 4])
         assert torch.equal(xt, whole_xt[4 * rank:4 * rank + 4])
+    # a micro-batch of a one-process run with grad_accum=2 is rank 1's slice, drawn alike
+    micro, part = Ranks().slice(x[4:], start=4, total=8)
+    assert part == (4, 8) and torch.equal(micro, x[4:])
+    assert Ranks(rank=1, world=2).slice(x[4:], start=4, total=8)[1] == (6, 8)
     with pytest.raises(ConfigError, match="does not split over 2 ranks x trainer.grad_accum=2"):
         Ranks(world=2).check_batch(18, 2)

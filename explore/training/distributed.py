@@ -13,9 +13,14 @@ The run is the same whatever the rank count, up to the rounding of the gradient 
 - `trainer.batch_size` is the global batch: every rank reads the same permutation of (seed,
   epoch) and takes its slice of each batch (`slice`), and of each micro-batch with
   `trainer.grad_accum`;
-- every random draw per sample (timesteps, noise) is made for the whole micro-batch on every
-  rank from the same generator, and each rank keeps its slice (`part`), so a rank's samples
-  see what they would in a one-process run;
+- every random draw per sample (timesteps, noise) is made for the whole batch on every rank
+  (and for every micro-batch) from the step's generator state, and each keeps its slice
+  (`part`), so a rank's samples see what they would in a one-process run;
+- so N ranks compute, slice for slice, what one process with `trainer.grad_accum=N` computes,
+  and on the CPU with 2 ranks the two runs are bitwise equal (the all-reduce adds the two
+  halves of the gradient as backward's accumulation does); a one-process run with
+  `grad_accum=1` computes the gradient on the whole batch at once and differs by rounding,
+  which grows over a run (docs/distributed.md);
 - DistributedDataParallel averages the gradients, so every rank makes the same optimizer step
   and every average (EMA, power EMA, BEMA) updates from the same weights on every rank;
 - the losses written to metrics.csv are the mean over ranks (`mean`), i.e. over the batch.
@@ -64,14 +69,17 @@ class Ranks:
                 f"{self.world} ranks x trainer.grad_accum={grad_accum} micro-batches: use a "
                 f"multiple of {self.world * grad_accum}")
 
-    def slice(self, micro: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
-        """This rank's share of a (global) micro-batch, and its place in it (start, total) for
-        the loss's random draws; (micro, None) with one rank."""
-        if not self.distributed:
-            return micro, None
+    def slice(self, micro: torch.Tensor, start: int = 0, total: int | None = None
+              ) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """This rank's share of a micro-batch that begins at `start` of a (global) batch of
+        `total`, and its place in that batch (start, total) for the loss's random draws;
+        (micro, None) when it is the whole batch."""
+        total = len(micro) if total is None else total
         n = len(micro) // self.world
-        start = self.rank * n
-        return micro[start:start + n], (start, len(micro))
+        if n == total:
+            return micro, None
+        mine = self.rank * n
+        return micro[mine:mine + n], (start + mine, total)
 
     # -- agreeing -------------------------------------------------------------------------------
     def mean(self, values: torch.Tensor) -> torch.Tensor:

@@ -154,10 +154,13 @@ def train_step(training: Training, batch: torch.Tensor, generator: torch.Generat
     """One optimizer step over `grad_accum` micro-batches, then the LR schedule and the EMA;
     returns the losses and gradient norm as floats (one device sync).
 
-    `batch` is the global batch: with several ranks each takes its slice of every micro-batch
-    and draws its samples' timesteps and noise as one process would (explore.training
-    .distributed); the gradients are averaged over the ranks by DDP as the last micro-batch's
-    backward pass ends, the losses once per step.
+    `batch` is the global batch: with several ranks each takes its slice of every micro-batch;
+    every slice draws its samples' timesteps and noise as one process with one micro-batch
+    would (explore.training.distributed); the gradients are averaged over the ranks by DDP as
+    the last micro-batch's backward pass ends, the losses once per step. So N ranks compute what
+    one process with `grad_accum=N` computes, slice for slice: the gradient is (g_0 + ... +
+    g_N-1) / N either way, summed by the all-reduce or by backward's accumulation (the same sum
+    for N = 2; for more ranks the all-reduce may add in another order).
 
     A non-finite loss (or, outside fp16, gradient norm) returns before the optimizer step with
     `nonfinite` naming it, so neither the weights nor the EMA see it. Under fp16 the grad scaler
@@ -169,8 +172,13 @@ def train_step(training: Training, batch: torch.Tensor, generator: torch.Generat
     t.optimizer.zero_grad(set_to_none=True)
     totals: dict[str, torch.Tensor] = {}
     micros = batch.chunk(t.grad_accum)
+    # every micro-batch (on every rank) draws for the whole batch from the step's first state and
+    # keeps its samples' part: rank r of N and micro-batch r of N then see the same numbers
+    first_draw = generator.get_state() if len(micros) > 1 else None
     for k, micro in enumerate(micros):
-        mine, part = t.ranks.slice(micro)
+        if first_draw is not None:
+            generator.set_state(first_draw)
+        mine, part = t.ranks.slice(micro, start=k * len(micro), total=len(batch))
         # with several ranks, gradients are all-reduced once, after the last micro-batch
         sync = t.ddp.no_sync() if t.ddp is not None and k < len(micros) - 1 else \
             contextlib.nullcontext()
