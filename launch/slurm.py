@@ -7,6 +7,7 @@ does the queueing, so every ticket is submitted at once.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Mapping
 
@@ -67,10 +68,37 @@ class SlurmQueue:
     def poll(self) -> list[Ticket]:
         ended = []
         for t in self.tickets:
-            if t.state == "running" and t.job.done():
+            if t.state != "running":
+                continue
+            if t.job.done():
                 collect(t)
                 ended.append(t)
+            elif self._vanished(t):
+                t.ended, t.state = time.time(), "failed"
+                t.error = (f"SLURM job {t.job.job_id} ended without a result: killed before "
+                           f"submitit could write one (a signal it does not catch, or the "
+                           f"node); its log says more")
+                ended.append(t)
         return ended
+
+    # how often a job submitit knows nothing about is looked up with squeue
+    VANISHED_CHECK_S = 30.0
+
+    def _vanished(self, t: Ticket) -> bool:
+        """Whether a running ticket's job has left SLURM without a result. submitit learns a
+        job's end from `sacct`; on a cluster without accounting it only sees the result file,
+        which a job killed by a signal never writes, and the study would wait forever. So a job
+        submitit knows no state of is looked up with squeue (every VANISHED_CHECK_S): gone from
+        it twice in a row, and still no result file, it has ended."""
+        now = time.monotonic()
+        if now - t.extra.get("squeue_checked", -1e9) < self.VANISHED_CHECK_S:
+            return False
+        t.extra["squeue_checked"] = now
+        if t.job.state != "UNKNOWN" or _listed_by_squeue(str(t.job.job_id)) is not False:
+            t.extra["squeue_gone"] = 0
+            return False
+        t.extra["squeue_gone"] = t.extra.get("squeue_gone", 0) + 1
+        return t.extra["squeue_gone"] >= 2 and not t.job.paths.result_pickle.exists()
 
     def cancel_all(self) -> None:
         for t in self.tickets:
@@ -82,3 +110,16 @@ class SlurmQueue:
     @property
     def busy(self) -> bool:
         return any(not t.finished for t in self.tickets)
+
+
+def _listed_by_squeue(job_id: str) -> bool | None:
+    """Whether squeue lists the job (pending, running, requeued...): False when SLURM no
+    longer knows it, None when squeue cannot say (no squeue, the controller unreachable)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode == 0:
+        return bool(out.stdout.strip())
+    return False if "Invalid job id" in out.stderr else None

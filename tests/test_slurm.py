@@ -123,3 +123,41 @@ def _seconds_per_epoch(train_overrides: list[str], folder) -> float:
     run = train(compose("train", [*kept, "device=cpu", "trainer.progress=false",
                                   "trainer.epochs=4"]), folder)
     return min(float(r["seconds"]) for r in rows(run / "metrics.csv")[1:])
+
+
+def _sleep_then_return(seconds: float, slot) -> str:  # a job's function (pickled by reference)
+    import time
+
+    time.sleep(seconds)
+    return "finished"
+
+
+def test_a_job_killed_by_a_signal_it_does_not_catch_fails_instead_of_hanging(slurm_cluster,
+                                                                           tmp_path):
+    """This cluster keeps no accounting (no sacct), as many do not: submitit learns a job's end
+    only from its result file, which a job killed by SIGKILL never writes. The queue looks such
+    a job up with squeue and fails it, naming it (seen before: a study waiting forever)."""
+    import time
+
+    from launch.pool import Ticket
+    from launch.slurm import SlurmQueue
+
+    queue = SlurmQueue({"partition": "debug", "gpus_per_node": 0, "timeout_min": 5})
+    queue.VANISHED_CHECK_S = 1
+    ticket = queue.submit(Ticket("killed:training", _sleep_then_return, (300,), tmp_path))
+    job_id = str(ticket.job.job_id)
+    deadline = time.monotonic() + 120
+    while "RUNNING" not in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"],
+                                          capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)
+    deadline = time.monotonic() + 60  # (it ends in seconds)
+    ended = []
+    while not ended:
+        assert time.monotonic() < deadline, "the killed job was never seen to end"
+        ended = queue.poll()
+        time.sleep(0.5)
+    assert ended == [ticket] and ticket.state == "failed", ticket.error
+    assert f"SLURM job {job_id} ended without a result" in ticket.error
+    assert not queue.busy
