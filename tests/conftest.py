@@ -35,9 +35,10 @@ from launch import study as launch_study
 
 TESTS = Path(__file__).resolve().parent
 # One thread in every process a test starts, too (trainings, evaluations, studies, torchrun
-# ranks, the GPU check): ./scripts/test runs one worker per core, and two workers' subprocesses
-# at torch's default (every core each) oversubscribe the cores; OpenMP's spin-waiting then
-# burns the time (measured: the docs walk-through 134 s alone, 311 s beside the other worker).
+# ranks, the GPU check): ./scripts/test runs a worker per core and one more, and workers'
+# subprocesses at torch's default (every core each) oversubscribe the cores; OpenMP's
+# spin-waiting then burns the time (measured: the docs walk-through 134 s alone, 311 s beside
+# the other worker).
 # A test that is about threads sets them itself (launch.pool gives each job its share).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -47,7 +48,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 @pytest.fixture(autouse=True)
 def _one_thread():
     # one thread per test: bitwise comparisons want a fixed thread count, and ./scripts/test
-    # runs one pytest-xdist worker per core
+    # runs a pytest-xdist worker per core, and one more
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
