@@ -256,8 +256,7 @@ LONGEST = {"test_readme.py::test_the_walkthrough_runs_as_written": 150,
            "test_ema_length.py::"
            "test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on": 63,
            "test_distributed.py": 62,
-           "test_launch.py::test_study_trains_evaluates_reports_and_resumes": 41,
-           "test_loggers.py::test_mlflow_study_is_one_experiment_with_a_run_per_job": 30,
+           "test_launch.py::test_study_trains_evaluates_reports_and_resumes": 60,
            "test_reliability.py::test_three_trainings_racing_on_a_stale_lock_train_once": 30,
            "test_launch.py::test_ema_length_study_trains_reconstructs_a_sweep_and_evaluates_it": 29,
            "test_launch.py::test_a_study_run_trains_on_two_ranks": 17}

@@ -161,9 +161,21 @@ def _study(tmp_path, *extra):
 
 @pytest.mark.slow
 def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
-    cfg, overrides = _study(tmp_path)
+    """... and, logging to MLflow, is one MLflow experiment with a run per job (one study
+    run for both claims: each costs a whole study)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg, overrides = _study(tmp_path, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}")
     report, runs = run_study(cfg, overrides, poll_s=0.2)
     assert [r.state for r in runs] == ["done", "done"]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("smoke")  # the study folder (below outputs/: study/smoke)
+    found = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in found) == sorted(r.name for r in runs)
+    for r in found:  # training and evaluation of each job in its one run
+        assert {"train/loss", "ema/share/ema"} <= set(r.data.metrics)
+        assert any(k.startswith("eval/fid/ema/") for k in r.data.metrics)
     study = tmp_path / "smoke"
     assert report == study / "report" / "report.md" and report.is_file()
     text = report.read_text()

@@ -110,29 +110,6 @@ def test_mlflow_runs_are_listed_with_their_metrics_and_resume_the_same_run(tiny_
 
 
 @pytest.mark.slow
-def test_mlflow_study_is_one_experiment_with_a_run_per_job(tmp_path):
-    pytest.importorskip("mlflow")
-    from mlflow.tracking import MlflowClient
-    from test_launch import TINY_STUDY
-
-    from explore.core.config import compose
-    from launch.study import run_study
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = TINY_STUDY + [f"study.out={tmp_path / 'outputs' / 'study'}", "study.report=false",
-                              f"eval.fid.cache_root={tmp_path / 'fidcache'}", "logger=mlflow",
-                              f"logger.mlflow.tracking_uri={uri}"]
-    _, runs = run_study(compose("launch_study", overrides), overrides, poll_s=0.2)
-    assert [r.state for r in runs] == ["done", "done"]
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("study/smoke")
-    found = client.search_runs([exp.experiment_id])
-    assert sorted(r.info.run_name for r in found) == sorted(r.name for r in runs)
-    for r in found:  # training and evaluation of each job in its one run
-        assert {"train/loss", "ema/share/ema"} <= set(r.data.metrics)
-        assert any(k.startswith("eval/fid/ema/") for k in r.data.metrics)
-
-
 def test_wandb_offline_writes_its_run_folder(tiny_cfg, tmp_path, monkeypatch, caplog):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
