@@ -167,8 +167,8 @@ def test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on(tiny_cfg, 
     from explore.training.heldout import HeldOutLoss
 
     cfg = tiny_cfg("model=baseline", "model.hidden_dims=[16,32]", "data.num_images=8",
-                   "data.holdout_num=8", "trainer.batch_size=8", "trainer.epochs=200",
-                   "optim.lr=3e-3", "ema.decay=0.9", "checkpoint.every=200")
+                   "data.holdout_num=8", "trainer.batch_size=8", "trainer.epochs=150",
+                   "optim.lr=4e-3", "ema.decay=0.9", "checkpoint.every=150")
     run = train(cfg, tmp_path / "run")
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -176,7 +176,7 @@ def test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on(tiny_cfg, 
     for prefix in ("", "ema_"):
         train_loss = float(last[f"{prefix}loss_train_fixed"])
         held = float(last[f"{prefix}loss_holdout"])
-        assert held > 1.3 * train_loss, (prefix, held, train_loss)  # measured: 1.8
+        assert held > 1.3 * train_loss, (prefix, held, train_loss)  # measured: 1.39, 1.49
         assert float(last[f"{prefix}loss_gap"]) == pytest.approx(held - train_loss)
     # early on, before it memorised them, the two are close
     assert float(rows[0]["loss_gap"]) < float(last["loss_gap"])
