@@ -23,6 +23,7 @@ import torch
 from tiny import TINY_EVAL, TINY_TRAIN, rows
 
 from explore import evaluate as ev
+from explore.core.config import compose
 from explore.run import environment as envmod
 from explore.run.checkpoint import CheckpointError
 from explore.run.info import read_run_info
@@ -153,10 +154,8 @@ def test_a_live_lock_holder_is_named_and_its_lock_released_by_the_os_when_it_die
 def test_three_trainings_racing_on_a_stale_lock_train_once(tmp_path):
     cmd = [sys.executable, "-m", "explore.train", *TINY_TRAIN, "model=baseline",
            "data.num_images=32", "checkpoint.every=5"]
-    run = tmp_path / "run"
-    first = subprocess.run(cmd + ["trainer.epochs=1", f"hydra.run.dir={run}"], cwd=REPO,
-                           env=ENV, capture_output=True, text=True)
-    assert first.returncode == 0, first.stdout + first.stderr
+    run = tmp_path / "run"  # its first epoch in this process (the race is what the test is about)
+    train(compose("train", [*cmd[3:], "trainer.epochs=1"]), run)
     for attempt, epochs in enumerate((12, 24)):  # long enough to outlast the others' start
         _stale_lock(run)
         procs = [subprocess.Popen(cmd + [f"trainer.epochs={epochs}", "resume=true",

@@ -79,7 +79,7 @@ def make_plan(device: torch.device, gpus_visible: int) -> Plan:
                      6: 90 if gpus_visible >= 2 else 1})
     return Plan(
         device=device, cuda=False, size=SMOKE, forward_batch=2, sample_images=4, sample_steps=18,
-        train_images=256, train_batch=32,
+        train_images=128, train_batch=32,  # 4 steps an epoch: killed at step 6
         eval_overrides=["eval.num_images=64", "eval.num_steps=4", "eval.batch_size=32",
                         "eval.heatmap.grid_size=4", "eval.heatmap.num_probes=1",
                         "eval.heatmap.num_images=2", "eval.bootstrap=0"],
@@ -87,7 +87,7 @@ def make_plan(device: torch.device, gpus_visible: int) -> Plan:
         variants=tuple(v for v in TRAIN_VARIANTS if v != COMPILED),
         skipped_variants={COMPILED: "skipped on the CPU: torch.compile of the UNet needs a C "
                                     "compiler and minutes there; the GPU run measures it"},
-        sampling_batch=4, sampling_reps=2, feature_images=4, feature_batch=4,
+        sampling_batch=4, sampling_reps=2, feature_images=2, feature_batch=2,  # ~1 s an image
         heatmap_grid=2, heatmap_batch=2, heatmap_probes=1,
         bootstrap_dim=256, bootstrap_images=512, bootstrap_reps=2,
         notes=["CPU mode: the same steps scaled down (smoke model size dims 16x32 at 32 px, "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from explore.core.errors import UserError
+
+if TYPE_CHECKING:  # (imported where a device is resolved: `import launch.pool` stays light)
+    import torch
 
 
 class DeviceError(UserError):
@@ -33,6 +35,8 @@ def resolve_device(spec) -> torch.device:
     """auto: the first visible GPU, else the CPU. An explicit GPU that is not there is an error,
     never a silent fall-back to the CPU (a study that should take days on a GPU would quietly
     take years)."""
+    import torch  # here, not at the top: the device pool and its job processes parse devices
+
     parsed = parse_device(spec)
     if parsed == "auto":
         return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
@@ -57,5 +61,7 @@ def use_channels_last(channels_last: bool | None, device) -> bool:
     """NHWC layout? None: on the CPU only (where it measured faster: `python -m bench`,
     training 1.4x and sampling 1.25x at the reference size); True/False: as asked."""
     if channels_last is None:
+        import torch
+
         return torch.device(device).type == "cpu"
     return bool(channels_last)
