@@ -249,17 +249,17 @@ def pytest_collection_modifyitems(config, items):
                               not i.get_closest_marker("slow")))
 
 
-# seconds of the longest tests or modules run whole (./scripts/test --durations=0 on 2 workers;
+# seconds of the longest tests or modules run whole (./scripts/test's durations, 3 workers;
 # a module of whole_modules() counts as one): the order they start in, longest first
-LONGEST = {"test_readme.py::test_the_walkthrough_runs_as_written": 150,
+LONGEST = {"test_readme.py::test_the_walkthrough_runs_as_written": 105,
            "test_gpu_check.py": 86,
-           "test_ema_length.py::"
-           "test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on": 50,
+           "test_launch.py::test_study_trains_evaluates_reports_and_resumes": 71,
            "test_distributed.py": 62,
-           "test_launch.py::test_study_trains_evaluates_reports_and_resumes": 60,
-           "test_reliability.py::test_three_trainings_racing_on_a_stale_lock_train_once": 30,
-           "test_launch.py::test_ema_length_study_trains_reconstructs_a_sweep_and_evaluates_it": 29,
-           "test_launch.py::test_a_study_run_trains_on_two_ranks": 17}
+           "test_ema_length.py::"
+           "test_held_out_loss_is_fixed_and_higher_on_images_never_trained_on": 35,
+           "test_reliability.py::test_three_trainings_racing_on_a_stale_lock_train_once": 28,
+           "test_launch.py::test_ema_length_study_trains_reconstructs_a_sweep_and_evaluates_it": 23,
+           "test_launch.py::test_a_study_run_trains_on_two_ranks": 16}
 
 
 def _measured(nodeid: str) -> float:
