@@ -48,8 +48,9 @@ def test_the_readme_marks_its_blocks():
 @pytest.mark.slow
 def test_the_walkthrough_runs_as_written(tmp_path):
     """In order, in one Python process (tests/run_commands.py: each command as `python -m`
-    runs it, one interpreter start for the block); every command must exit 0. Each command
-    runs in a process of its own in the tests of its tool."""
+    runs it, one interpreter start for the block); every command must exit 0. explore.train,
+    explore.evaluate, analysis.report and launch.study are also started as processes of their
+    own by their tools' tests; explore.posthoc's `python -m` path is this one."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, str(REPO / "tests" / "run_commands.py"),
                            *readme_blocks("run")[0]], cwd=tmp_path, env=env,
