@@ -152,10 +152,10 @@ def test_a_live_lock_holder_is_named_and_its_lock_released_by_the_os_when_it_die
 
 @pytest.mark.slow
 def test_three_trainings_racing_on_a_stale_lock_train_once(tmp_path):
-    cmd = [sys.executable, "-m", "explore.train", *TINY_TRAIN, "model=baseline",
-           "data.num_images=32", "checkpoint.every=5"]
+    overrides = [*TINY_TRAIN, "model=baseline", "data.num_images=32", "checkpoint.every=5"]
+    cmd = [sys.executable, "-m", "explore.train", *overrides]
     run = tmp_path / "run"  # its first epoch in this process (the race is what the test is about)
-    train(compose("train", [*cmd[3:], "trainer.epochs=1"]), run)
+    train(compose("train", [*overrides, "trainer.epochs=1"]), run)
     for attempt, epochs in enumerate((12, 24)):  # long enough to outlast the others' start
         _stale_lock(run)
         procs = [subprocess.Popen(cmd + [f"trainer.epochs={epochs}", "resume=true",
